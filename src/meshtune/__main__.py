@@ -1,0 +1,3 @@
+from meshtune.cli import main
+
+main()

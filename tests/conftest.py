@@ -1,0 +1,62 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshtune.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REAL = REPO.parent / "shared" / "real"
+
+
+@pytest.fixture
+def real() -> Path:
+    """The Mesh Master project's published files (../shared/real), read as real inputs."""
+    assert SHARED_REAL.is_dir(), f"{SHARED_REAL} is missing: tests read real files from it"
+    return SHARED_REAL
+
+
+def rows_file(tmp_path: Path, rows: list, name: str = "chats.jsonl") -> Path:
+    """A JSONL file with one row per item: dicts/lists are JSON-encoded, str/bytes written as is."""
+    path = tmp_path / name
+    lines = []
+    for row in rows:
+        if isinstance(row, bytes):
+            lines.append(row)
+        elif isinstance(row, str):
+            lines.append(row.encode())
+        else:
+            lines.append(json.dumps(row).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def chat(user: str, reply: str, **meta) -> dict:
+    return {
+        **meta,
+        "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
+    }
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `meshtune ARGS...` in-process through the real entry point (its error handling
+    included); returns exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["meshtune", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
