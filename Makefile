@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all lint clean
+.PHONY: run test test-all lint clean go
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,11 +16,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/meshtune data check data/mesh_conversations.jsonl
 
-test: $(STAMP)
+# Go renders Modelfile TEMPLATEs with text/template, the engine Ollama uses (tests only).
+go:
+	@command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go)
+
+test: $(STAMP) go
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) go
 	$(VENV)/bin/pytest -m ''
 
 lint: $(STAMP)
