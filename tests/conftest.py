@@ -3,6 +3,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.tiny import (  # noqa: F401  (shared fixtures)
+    llama3_tokenizer,
+    smol_folder,
+    smol_tokenizer,
+    tiny_llama,
+    tiny_llama3,
+)
 
 from meshtune.cli import main
 

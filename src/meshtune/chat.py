@@ -58,9 +58,18 @@ def with_system(conv: Conversation, system_prompt: str | None) -> tuple[Message,
     return conv.messages
 
 
+# Llama-3.x templates print "Today Date: <today>" unless given a date, so one conversation would
+# render differently on the day of training, of export and of evaluation. Pinned to those
+# templates' own fallback date; templates that do not use `date_string` ignore it.
+TEMPLATE_DATE = "26 Jul 2024"
+
+
 def render(tokenizer: Any, messages: Sequence[Message], generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(
-        as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt
+        as_dicts(messages),
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+        date_string=TEMPLATE_DATE,
     )
 
 

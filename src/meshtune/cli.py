@@ -149,6 +149,320 @@ def data_convert(
     typer.echo(f"wrote {output} ({len(convs)} conversations, {to})")
 
 
+RecipeArg = Annotated[Path, typer.Argument(help="An Axolotl-style YAML recipe.")]
+DataOpt = Annotated[
+    str | None, typer.Option("--data", help="Train on this JSONL instead of the recipe's datasets.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key: --set learning_rate=1e-4 (repeatable)."),
+]
+
+
+@app.command("plan")
+def plan_cmd(recipe: RecipeArg, data: DataOpt = None, set_: SetOpt = None) -> None:
+    """Tokenize the data and state the training arithmetic, with warnings where it cannot work."""
+    from meshtune.recipe import load_recipe
+    from meshtune.train import make_plan
+
+    plan = make_plan(load_recipe(recipe, set_ or [], data))
+    for line in plan.lines():
+        typer.echo(line)
+
+
+@app.command("train")
+def train_cmd(
+    recipe: RecipeArg,
+    data: DataOpt = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="The run directory (default: the recipe's output_dir).")
+    ] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the last checkpoint in the output directory.")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow the model folder's own code to run.")
+    ] = False,
+    allow_lora_fallback: Annotated[
+        bool, typer.Option(help="Without CUDA, train plain LoRA for a qlora recipe.")
+    ] = False,
+) -> None:
+    """LoRA fine-tuning from a recipe.
+
+    Writes adapter/, best/, metrics.jsonl, loss.png and train_summary.json to the run directory.
+    """
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, train
+
+    loaded = load_recipe(recipe, set_ or [], data)
+    run = output_dir or Path(loaded.recipe.output_dir)
+    summary = train(loaded, Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback))
+    if not summary:  # not the main process of a multi-process run
+        return
+    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+    losses = (
+        f"eval loss {before:.4f} -> {after:.4f}, "
+        if before is not None and after is not None
+        else ""
+    )
+    typer.echo(
+        f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, {losses}"
+        f"{summary['tokens_per_s']:.0f} tokens/s; best adapter: {run / summary['best_adapter']}"
+    )
+
+
+# ---------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="A run directory, merged HF folder, .gguf file, 'smollm2-135m', or a served "
+            "model's name (with --backend openai|ollama)."
+        ),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="A suite JSONL file, or a built-in: quick, mesh.")
+    ] = "mesh",
+    backend: Annotated[
+        str | None,
+        typer.Option(help="hf | llamacpp | openai | ollama (default: chosen from MODEL)."),
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="meshmaster | modelfile | no-penalty | greedy.")
+    ] = "meshmaster",
+    samples: Annotated[int, typer.Option(help="Replies per item for sampled profiles.")] = 3,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: RUN/eval/... or out/eval/...).")
+    ] = None,
+    gate: Annotated[
+        Path | None, typer.Option(help="YAML file overriding the gate's thresholds.")
+    ] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="Evaluate two models (or two report folders) side by side."),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option(help="System prompt (default: the run's, else meshtune's).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (in-process).")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
+    (exit 1), with the failing criteria and example replies."""
+    from meshtune import evaluate as ev
+
+    opts = dict(
+        backend=backend,
+        profile=profile,
+        samples=samples,
+        gate=gate,
+        system=system,
+        url=url,
+        seed=seed,
+        threads=threads,
+        registry=load_registry(registry),
+    )
+    with _progress() as progress:
+        if compare:
+            a, b = compare
+            folder = out or Path("out/compare") / _slug(f"{a}-vs-{b}-{suite}-{profile}")
+            comp = ev.compare(a, b, suite, out=folder, progress=progress, **opts)
+        else:
+            if model is None:
+                raise MeshtuneError("give MODEL, or --compare A B; see `meshtune eval --help`")
+            folder = out or _eval_dir(model, suite, profile)
+            result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
+    if compare:
+        from meshtune.evaluate.report import render_comparison
+
+        typer.echo(render_comparison(comp))
+        typer.echo(f"wrote {folder}/compare.md")
+        raise typer.Exit(0 if comp.b.ready else 1)
+    _print_verdict(result)
+    typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
+    raise typer.Exit(0 if result.ready else 1)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")[:120]
+
+
+def _eval_dir(model: str, suite: str, profile: str) -> Path:
+    name = _slug(f"{Path(suite).stem}-{profile}")
+    if (Path(model) / "train_summary.json").is_file():
+        return Path(model) / "eval" / name
+    return Path("out/eval") / _slug(f"{Path(model).stem}-{name}")
+
+
+class _progress:
+    """A progress bar on stderr (rich hides it when stderr is not a terminal)."""
+
+    def __enter__(self) -> Any:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("evaluating", total=None)
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def _print_verdict(result: Any) -> None:
+    s, v = result.summary, result.verdict
+    c = s["chars"]
+    typer.echo(
+        f"{s['label']} on {s['suite']} ({s['items']} items x {s['samples']}) via {s['backend']}, "
+        f"profile {s['profile']}, {s['wall_s']} s"
+    )
+    typer.echo(
+        f"pass rate {s['pass_rate']:.3f} | loops {s['loop_rate']:.1%} | runaways "
+        f"{s['runaway_rate']:.1%} | invented commands {s['invented_command_rate']:.1%} | "
+        f"chars p50 {c['p50']:g} p90 {c['p90']:g} | one chunk {s['share_one_chunk']:.1%}"
+    )
+    for crit in v.criteria:
+        mark = "ok  " if crit.ok else "FAIL"
+        typer.echo(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
+    for crit in v.failing:
+        typer.echo(f"{crit.name}: {crit.what}; for example:")
+        for r in crit.examples:
+            reply = " ".join(r["reply"].split())
+            reply = reply if len(reply) <= 160 else reply[:159] + "…"
+            typer.echo(f"  [{r['item']}] {r['question']!r} -> {reply!r}")
+    typer.echo(v.label)
+
+
+# --- export, verify, modelfile check, deploy ---------------------------------------------------
+
+RunArg = Annotated[Path, typer.Argument(help="A training run directory (meshtune train).")]
+modelfile_app = typer.Typer(no_args_is_help=True, help="Lint Ollama Modelfiles.")
+app.add_typer(modelfile_app, name="modelfile")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _print_verification(verification: Any) -> None:
+    for c in verification.checks:
+        typer.echo(f"  {c.status:<7} {c.name:<9} {c.detail}")
+
+
+@app.command("export")
+def export_cmd(
+    run: RunArg,
+    quant: Annotated[
+        str, typer.Option(help="GGUF type: F32, F16, BF16, Q8_0, Q4_0 or Q4_K_M.")
+    ] = "Q8_0",
+    name: Annotated[
+        str | None, typer.Option(help="Ollama model name (default: the run folder's name).")
+    ] = None,
+) -> None:
+    """Merge the adapter, write GGUF + Modelfile + DEPLOY.md, and verify them (exit 1 if not)."""
+    from meshtune import export
+
+    _quiet_transformers()
+    info, verification = export.export(run, quant=quant, name=name, progress=typer.echo)
+    _print_verification(verification)
+    typer.echo(
+        f"wrote {run / 'merged'}, {run / info.gguf} ({info.gguf_bytes / 1e6:.1f} MB), "
+        f"{run / 'Modelfile'}, {run / 'DEPLOY.md'} in {info.seconds:.0f} s "
+        f"(peak memory {info.peak_rss_bytes / 1e9:.2f} GB)"
+    )
+    if not verification.ok:
+        typer.echo(f"verification FAILED: see {run / 'verify.json'}; do not deploy", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"verified; next: {run / 'DEPLOY.md'}")
+
+
+@app.command("verify")
+def verify_cmd(run: RunArg) -> None:
+    """Re-run the export's proof: metadata, tokens, TEMPLATE, logits, stopping (exit 1 if not)."""
+    from meshtune import export
+
+    _quiet_transformers()
+    verification = export.verify(run)
+    typer.echo(f"{run / verification.gguf} ({verification.quant})")
+    _print_verification(verification)
+    if not verification.ok:
+        typer.echo(f"verification FAILED: see {run / 'verify.json'}", err=True)
+        raise typer.Exit(1)
+    typer.echo("verified")
+
+
+@modelfile_app.command("check")
+def modelfile_check(
+    file: Annotated[Path, typer.Argument(help="An Ollama Modelfile.")],
+    gguf: Annotated[
+        Path | None,
+        typer.Option(help="The model's GGUF (default: FROM's file, when it exists)."),
+    ] = None,
+    registry: RegistryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Lint a Modelfile: commands in SYSTEM, FROM, PARAMETERs; with a GGUF, stops and TEMPLATE.
+
+    Exit code 0: no errors; 1: errors; 2: the file cannot be read at all.
+    """
+    from meshtune import modelfile
+
+    _quiet_transformers()
+    findings = modelfile.check(file, gguf, load_registry(registry))
+    errors = sum(f.severity == "error" for f in findings)
+    if as_json:
+        _echo_json({"path": str(file), "errors": errors, "warnings": len(findings) - errors,
+                    "findings": [f.to_dict() for f in findings]})  # fmt: skip
+    else:
+        for f in findings:
+            typer.echo(str(f))
+        typer.echo(f"{file}: {errors} errors, {len(findings) - errors} warnings")
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command("deploy")
+def deploy_cmd(
+    run: RunArg,
+    name: Annotated[str, typer.Option(help="The Ollama model name to create.")],
+    mesh_master_config: Annotated[
+        Path | None,
+        typer.Option(help="Mesh Master's config.json: ollama_model is set (a backup is kept)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Deploy even if verification failed.")] = False,
+) -> None:
+    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json."""
+    import shlex
+
+    from meshtune import export
+
+    result = export.deploy(run, name, mesh_master_config, force)
+    command = shlex.join(result.command)
+    if result.ran:
+        typer.echo(f"ran: {command}")
+    else:
+        typer.echo(f"ollama is not on PATH here; on the Pi run:\n  {command}")
+    if result.config:
+        typer.echo(
+            f"set ollama_model to {name!r} in {result.config} (backup: {result.backup}); "
+            "restart Mesh Master (sudo systemctl restart mesh-ai)"
+        )
+
+
 def main() -> None:
     try:
         app()

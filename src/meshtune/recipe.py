@@ -1,0 +1,264 @@
+"""Axolotl-compatible YAML recipes -> a typed, validated Recipe.
+
+A user's existing Axolotl config runs: its keys keep their Axolotl meaning. Keys meshtune has
+no use for are listed as ignored (never silently dropped); unknown keys are errors; keys that
+contradict each other are resolved by a documented rule and reported.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meshtune.data import DatasetSpec
+from meshtune.errors import MeshtuneError
+from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT
+
+# Axolotl keys meshtune accepts but does not use, and why.
+IGNORED_KEYS: dict[str, str] = {
+    "model_type": "the architecture is read from the model's config",
+    "tokenizer_type": "the tokenizer is the model's own",
+    "strict": "meshtune is always strict",
+    "pad_to_sequence_len": "meshtune packs without padding",
+    "eval_batch_size": "evaluation packs rows like training",
+    "tf32": "matmul precision is chosen per device",
+    "flash_attention": "attention kernels are chosen by transformers",
+    "flash_attn_cross_entropy": "attention kernels are chosen by transformers",
+    "flash_attn_rms_norm": "attention kernels are chosen by transformers",
+    "sdp_attention": "attention kernels are chosen by transformers",
+    "xformers_attention": "attention kernels are chosen by transformers",
+    "gradient_checkpointing": "not needed for LoRA on small models",
+    "gradient_checkpointing_kwargs": "not needed for LoRA on small models",
+    "dataset_prepared_path": "data is tokenized in memory",
+    "evaluation_strategy": "evaluation follows eval_steps / evals_per_epoch",
+    "eval_strategy": "evaluation follows eval_steps / evals_per_epoch",
+    "save_strategy": "saving follows save_steps / saves_per_epoch",
+    "save_total_limit": "meshtune keeps the last two checkpoints and the best adapter",
+    "logging_steps": "every optimizer step is logged",
+    "metric_for_best_model": "the best model is always the lowest eval loss",
+    "greater_is_better": "the best model is always the lowest eval loss",
+    "ddp_timeout": "the process group uses its default timeout",
+    "group_by_length": "packing makes grouping by length unnecessary",
+    "max_memory": "models are small enough to load whole",
+    "low_cpu_mem_usage": "transformers' default is used",
+    "wandb_project": "metrics go to metrics.jsonl",
+    "wandb_entity": "metrics go to metrics.jsonl",
+    "wandb_name": "metrics go to metrics.jsonl",
+    "wandb_log_model": "metrics go to metrics.jsonl",
+    "wandb_watch": "metrics go to metrics.jsonl",
+    "hub_model_id": "meshtune never uploads",
+    "train_on_inputs": "meshtune trains on assistant turns only",
+    "eval_sample_packing": "evaluation packs rows like training",
+    "logging_dir": "metrics go to metrics.jsonl",
+}
+IGNORED_DATASET_KEYS = {
+    "ds_type",
+    "data_files",
+    "split",
+    "name",
+    "roles_to_train",
+    "train_on_eos",
+    "drop_system_message",
+    "shards",
+}
+
+
+class Recipe(BaseModel):
+    """The recipe; field names and meanings are Axolotl's, plus `system_prompt` and `ollama`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = "smollm2-135m"
+    trust_remote_code: bool = False
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    chat_template: str | None = None  # chatml | llama3 | tokenizer_default: must match the model
+    sequence_len: int = Field(2048, gt=8)
+    sample_packing: bool = True
+    special_tokens: dict[str, str] = Field(default_factory=dict)
+
+    adapter: Literal["lora", "qlora"] = "lora"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: float = 16
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_linear: bool = False
+    lora_target_modules: list[str] | None = None
+
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: str = "adamw_torch"
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+
+    val_set_size: float = Field(0.0, ge=0)
+    eval_steps: int | None = Field(None, gt=0)
+    evals_per_epoch: int | None = Field(None, gt=0)
+    save_steps: int | None = Field(None, gt=0)
+    saves_per_epoch: int | None = Field(None, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    load_best_model_at_end: bool = False
+
+    bf16: bool | Literal["auto"] = "auto"
+    fp16: bool = False
+    seed: int = 42
+    output_dir: str = "runs/meshtune"
+
+    # meshtune's own keys
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    ollama: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _optimizer_known(self) -> "Recipe":
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.adapter == "qlora" or self.load_in_4bit or self.load_in_8bit
+
+    @property
+    def target_modules(self) -> str | list[str]:
+        # lora_target_linear means every linear projection (peft's "all-linear").
+        if self.lora_target_linear or not self.lora_target_modules:
+            return "all-linear"
+        return self.lora_target_modules
+
+
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw",
+    "adamw_8bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+)
+
+
+class LoadedRecipe(BaseModel):
+    recipe: Recipe
+    notes: list[str]  # what meshtune did about the file: ignored keys, resolved contradictions
+    path: str
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] = (), data: str | None = None
+) -> LoadedRecipe:
+    """Read, apply `--set key=value` overrides and `--data`, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot read recipe ({e.strerror}); check the path") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise MeshtuneError(
+            f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
+        ) from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MeshtuneError(
+            f"{path}: a recipe is a YAML mapping of keys; found a {type(raw).__name__}"
+        )
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MeshtuneError(
+                f"--set {item!r}: expected key=value, e.g. --set learning_rate=1e-4"
+            )
+        raw[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    if data:
+        raw["datasets"] = [{"path": data}]
+    recipe, notes = parse_recipe(raw, path)
+    return LoadedRecipe(recipe=recipe, notes=notes, path=str(path))
+
+
+def parse_recipe(raw: dict[str, Any], path: Path) -> tuple[Recipe, list[str]]:
+    raw = dict(raw)
+    notes: list[str] = []
+    ignored = sorted(k for k in raw if k in IGNORED_KEYS)
+    if ignored:
+        notes.append(f"Axolotl keys meshtune does not use, ignored: {', '.join(ignored)}")
+    for key in ignored:
+        del raw[key]
+    raw["datasets"] = [_dataset(d, path, notes) for d in raw.get("datasets") or []]
+    notes += _resolve_contradictions(raw)
+    if (raw.get("special_tokens") or {}) == {}:
+        raw.pop("special_tokens", None)
+    # Datasets are relative to the recipe file, as in Axolotl run from the recipe's folder.
+    for d in raw["datasets"]:
+        if not Path(d["path"]).is_absolute() and not Path(d["path"]).exists():
+            candidate = path.parent / d["path"]
+            if candidate.exists():
+                d["path"] = str(candidate)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise MeshtuneError(_one_line(e, path)) from e
+    return recipe, notes
+
+
+def _dataset(entry: Any, path: Path, notes: list[str]) -> dict[str, Any]:
+    if isinstance(entry, str):
+        return {"path": entry}
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise MeshtuneError(f"{path}: each datasets entry needs a path, e.g. - path: data.jsonl")
+    entry = dict(entry)
+    for key in sorted(IGNORED_DATASET_KEYS & entry.keys()):
+        notes.append(f"ignored datasets.{key}")
+        del entry[key]
+    if entry.get("type") == "sharegpt":
+        notes.append(
+            "datasets.type sharegpt is read as Axolotl's chat_template over "
+            "conversations/from/value (current Axolotl deprecates the sharegpt type)"
+        )
+    return entry
+
+
+CONTRADICTIONS = (
+    ("warmup_steps", "warmup_ratio"),
+    ("save_steps", "saves_per_epoch"),
+    ("eval_steps", "evals_per_epoch"),
+)
+
+
+def _resolve_contradictions(raw: dict[str, Any]) -> list[str]:
+    """Current Axolotl rejects these pairs. The rule: the explicit step count wins, as in the
+    Hugging Face Trainer older Axolotl ran on ("warmup_steps overrides any effect of
+    warmup_ratio"), so the recipe behaves as it did for its author."""
+    notes = []
+    for steps, relative in CONTRADICTIONS:
+        if raw.get(steps) is not None and raw.get(relative) is not None:
+            notes.append(
+                f"{steps} {raw[steps]} and {relative} {raw[relative]} both set: using "
+                f"{steps} (an explicit step count wins, as in the Hugging Face Trainer)"
+            )
+            raw[relative] = None
+    if raw.get("bf16") is True and raw.get("fp16") is True:
+        notes.append("bf16 and fp16 both true: using bf16 where the device has it, else fp16")
+    return notes
+
+
+def _one_line(e: ValidationError, path: Path) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "recipe"
+    if err["type"] == "extra_forbidden":
+        return (
+            f"{path}: unknown key '{key}'; check the spelling against Axolotl's config keys "
+            "(meshtune docs list the ones it reads and ignores)"
+        )
+    return f"{path}: {key}: {err['msg']}; fix the value"
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

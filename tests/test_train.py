@@ -1,0 +1,436 @@
+"""Training: labels from the chat template, packing, recipes, the plan, and the loop itself on
+tiny random llama models (and the embedded model in a slow test)."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.conftest import chat as row
+
+from meshtune import chat
+from meshtune.data import Message
+from meshtune.errors import MeshtuneError
+from meshtune.recipe import load_recipe
+from meshtune.train import Options, flatten, make_plan, micro_loss, pack, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+SYSTEM = Message("system", "Be brief.")
+TURNS = (
+    SYSTEM,
+    Message("user", "hi"),
+    Message("assistant", "Hello there!"),
+    Message("user", "snr?"),
+    Message("assistant", "Signal to noise, in dB."),
+)
+
+
+def trained_text(tokenizer, enc: chat.Encoded) -> str:
+    return tokenizer.decode(
+        [t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != chat.IGNORE]
+    )
+
+
+# ---------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("tok", ["smol_tokenizer", "llama3_tokenizer"])
+def test_only_assistant_turns_and_their_end_of_turn_tokens_are_trained(request, tok):
+    tokenizer = request.getfixturevalue(tok)
+    eot = chat.family_of(tokenizer).end_of_turn
+    enc = chat.encode(tokenizer, TURNS)
+    assert trained_text(tokenizer, enc) == f"Hello there!{eot}Signal to noise, in dB.{eot}"
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    assert sum(label == eot_id for label in enc.labels) == 2
+
+
+def test_the_encoded_ids_are_exactly_the_rendered_template(smol_tokenizer, llama3_tokenizer):
+    for tok in (smol_tokenizer, llama3_tokenizer):
+        text = chat.render(tok, TURNS)
+        enc = chat.encode(tok, TURNS)
+        assert enc.input_ids == tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(enc.input_ids) == text
+    bos = llama3_tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+    assert chat.encode(llama3_tokenizer, TURNS).input_ids.count(bos) == 1  # no doubled BOS
+
+
+def test_conversations_too_long_lose_whole_trailing_exchanges(smol_tokenizer):
+    full = chat.encode(smol_tokenizer, TURNS)
+    cut = chat.encode(smol_tokenizer, TURNS, max_len=len(full.input_ids) - 2)
+    assert cut.truncated and trained_text(smol_tokenizer, cut) == "Hello there!<|im_end|>"
+    with pytest.raises(MeshtuneError, match=r"data:7: the first exchange is \d+ tokens"):
+        chat.encode(smol_tokenizer, TURNS, max_len=10, line=7)
+
+
+def test_a_template_without_the_family_end_token_is_refused(smol_tokenizer):
+    tok = smol_tokenizer.__class__.from_pretrained(smol_tokenizer.name_or_path)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(MeshtuneError, match="not a supported family"):
+        chat.encode(tok, TURNS)
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_packed_loss_equals_the_loss_of_each_conversation_alone(tiny_llama, smol_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    convs = [
+        (
+            Message("user", f"question {i} " * (i + 1)),
+            Message("assistant", f"answer {i}!" * (3 - i % 3 + 1)),
+        )
+        for i in range(6)
+    ]
+    examples = [chat.encode(smol_tokenizer, c) for c in convs]
+    rows = pack(examples, 512, True, seed=1)
+    assert len(rows) == 1 and len(rows[0]) == 6  # all six share one row
+    with torch.no_grad():
+        packed = micro_loss(model, flatten(rows), "cpu").item()
+        alone = sum(micro_loss(model, flatten([[e]]), "cpu").item() for e in examples)
+    assert packed == pytest.approx(alone, rel=1e-5)
+
+
+def test_rows_never_exceed_sequence_len_and_keep_every_example(smol_tokenizer):
+    examples = [
+        chat.encode(smol_tokenizer, (Message("user", "x " * n), Message("assistant", "y")))
+        for n in range(1, 25, 2)
+    ]
+    assert max(len(e.input_ids) for e in examples) <= 64
+    rows = pack(examples, 64, True, seed=0)
+    assert all(sum(len(e.input_ids) for e in r) <= 64 for r in rows)
+    assert sorted(id(e) for r in rows for e in r) == sorted(id(e) for e in examples)
+    assert pack(examples, 64, True, seed=0) == rows
+    assert pack(examples, 64, False, seed=None) == [[e] for e in examples]
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def write_recipe(tmp_path: Path, **keys) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(keys))
+    return path
+
+
+def test_unknown_keys_are_named(tmp_path):
+    with pytest.raises(MeshtuneError, match="unknown key 'lerning_rate'"):
+        load_recipe(write_recipe(tmp_path, lerning_rate=1e-4))
+
+
+def test_axolotl_only_keys_are_listed_as_ignored_and_contradictions_resolved(tmp_path):
+    loaded = load_recipe(
+        write_recipe(
+            tmp_path,
+            wandb_project="x",
+            flash_attention=True,
+            warmup_steps=50,
+            warmup_ratio=0.1,
+            save_steps=10,
+            saves_per_epoch=4,
+        )
+    )
+    notes = "\n".join(loaded.notes)
+    assert "ignored: flash_attention, wandb_project" in notes
+    assert "warmup_steps 50 and warmup_ratio 0.1 both set: using warmup_steps" in notes
+    assert "save_steps 10 and saves_per_epoch 4 both set: using save_steps" in notes
+    assert loaded.recipe.warmup_steps == 50 and loaded.recipe.warmup_ratio is None
+    assert loaded.recipe.save_steps == 10 and loaded.recipe.saves_per_epoch is None
+
+
+def test_set_overrides_and_data_replace_recipe_values(tmp_path):
+    path = write_recipe(tmp_path, learning_rate=2e-5, datasets=[{"path": "a.jsonl"}])
+    loaded = load_recipe(path, ["learning_rate=1e-4", "lora_r=4"], data="b.jsonl")
+    assert loaded.recipe.learning_rate == 1e-4 and loaded.recipe.lora_r == 4
+    assert [d.path for d in loaded.recipe.datasets] == ["b.jsonl"]
+    with pytest.raises(MeshtuneError, match="expected key=value"):
+        load_recipe(path, ["learning_rate"])
+    with pytest.raises(MeshtuneError, match="lora_dropout"):
+        load_recipe(path, ["lora_dropout=2"])
+
+
+def small_data(tmp_path: Path, n: int = 48) -> Path:
+    path = tmp_path / "chats.jsonl"
+    words = ["relay", "snr", "hops", "router", "channel", "antenna", "battery", "region"]
+    rows = [
+        row(f"tell me about {words[i % 8]} number {i}", f"{words[i % 8]} is fine. ok {i % 3}.")
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
+    keys = dict(
+        base_model=str(model),
+        datasets=[{"path": str(small_data(tmp_path))}],
+        sequence_len=128,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        num_epochs=2,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_linear=True,
+        val_set_size=8,
+        eval_steps=4,
+        save_steps=4,
+        warmup_ratio=0.1,
+        seed=7,
+    )
+    keys.update(extra)
+    return write_recipe(tmp_path, **keys)
+
+
+def test_trust_remote_code_and_a_wrong_eos_are_refused_with_the_fix(tmp_path, tiny_llama):
+    with pytest.raises(MeshtuneError, match="pass --trust-remote-code"):
+        train(
+            load_recipe(tiny_recipe(tmp_path, tiny_llama, trust_remote_code=True)),
+            Options(tmp_path / "run", progress=False),
+        )
+    recipe = tiny_recipe(tmp_path, tiny_llama, special_tokens={"eos_token": "<|endoftext|>"})
+    with pytest.raises(
+        MeshtuneError, match=re.escape("not the chat template's end-of-turn token '<|im_end|>'")
+    ):
+        make_plan(load_recipe(recipe))
+
+
+def test_qlora_without_cuda_is_an_error_unless_falling_back(tmp_path, tiny_llama):
+    recipe = load_recipe(
+        tiny_recipe(tmp_path, tiny_llama, adapter="qlora", max_steps=1, val_set_size=0)
+    )
+    with pytest.raises(MeshtuneError, match="needs bitsandbytes on a CUDA GPU"):
+        train(recipe, Options(tmp_path / "run", progress=False))
+    lines: list[str] = []
+    summary = train(
+        recipe, Options(tmp_path / "run2", allow_lora_fallback=True, progress=False), lines.append
+    )
+    assert summary["steps"] == 1 and any("training plain LoRA instead" in line for line in lines)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_the_published_v2_recipe_is_shown_to_barely_train(real, tmp_path):
+    """mesh-master.md: ~1,000 short chats pack into ~50 rows; 2 x 16 makes 1-2 steps per
+    epoch; warmup (50 steps) never finishes; evaluation and early stopping never run."""
+    lines = (REPO / "data" / "mesh_conversations.jsonl").read_text().splitlines()[:1000]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    plan = make_plan(load_recipe(real / "mesh-master-1b-v2.yaml", data=str(data)))
+    assert plan.estimate and plan.conversations == 1000
+    assert 1 <= plan.steps_per_epoch <= 2 and plan.total_steps <= 2
+    assert 30 <= plan.packed_rows <= 80
+    text = "\n".join(plan.lines())
+    assert "estimated with the embedded model's tokenizer" in text
+    assert f"an epoch is only {plan.steps_per_epoch} optimizer step(s)" in text
+    assert "warmup (50 steps) never finishes" in text
+    assert "evaluation never runs" in text
+    assert "early stopping (patience 3) can never trigger" in text
+    assert "trust_remote_code" in text
+
+
+def test_the_shipped_v2_recipe_fixes_the_arithmetic(tmp_path):
+    plan = make_plan(load_recipe(REPO / "recipes" / "mesh-master-1b-v2.yaml"))
+    assert plan.warnings == []
+    assert plan.steps_per_epoch >= 20 and plan.warmup_steps < plan.total_steps
+    assert plan.evals >= 4 and plan.checkpoints >= 1
+
+
+def test_plan_command_prints_the_arithmetic(cli, tmp_path, tiny_llama):
+    r = cli("plan", tiny_recipe(tmp_path, tiny_llama))
+    assert r.code == 0, r.err
+    assert "optimizer steps   20 per epoch, 40 in total" in r.out
+    assert "evaluations       10 (every 4 steps)" in r.out
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_llama):
+    run = tmp_path / "run"
+    summary = train(
+        load_recipe(tiny_recipe(tmp_path, tiny_llama, load_best_model_at_end=True)),
+        Options(run, progress=False),
+        lambda *_: None,
+    )
+    assert summary["eval_loss_after"] < summary["eval_loss_before"]
+    assert summary["best_eval_loss"] == pytest.approx(summary["eval_loss_after"], rel=1e-5)
+    assert {p.name for p in run.iterdir()} >= {
+        "adapter",
+        "best",
+        "metrics.jsonl",
+        "loss.png",
+        "train_summary.json",
+        "recipe.yaml",
+    }
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 41))
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [0, *range(4, 41, 4)]
+    best = min((m for m in metrics if "eval_loss" in m), key=lambda m: m["eval_loss"])
+    assert summary["best_step"] == best["step"]
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), run / "best"
+    )
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, tiny_llama):
+    # A learning rate this high makes eval loss climb after the first steps.
+    summary = train(
+        load_recipe(
+            tiny_recipe(
+                tmp_path,
+                tiny_llama,
+                learning_rate=3.0,
+                warmup_ratio=0,
+                early_stopping_patience=2,
+                max_grad_norm=100,
+            )
+        ),
+        Options(tmp_path / "run", progress=False),
+        lambda *_: None,
+    )
+    assert summary["stopped_early"] and summary["steps"] < 40
+    assert summary["best_step"] is not None
+
+
+def test_an_existing_run_directory_is_refused_without_overwrite(tmp_path, tiny_llama, cli):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    r = cli(
+        "train", tiny_recipe(tmp_path, tiny_llama, max_steps=1), "--output-dir", tmp_path / "run"
+    )
+    assert r.code == 2 and "output directory is not empty; pass --overwrite" in r.err
+    assert (tmp_path / "run" / "keep.txt").exists()
+
+
+def meshtune(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshtune", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def final_loss(run: Path) -> float:
+    return json.loads((run / "train_summary.json").read_text())["final_train_loss"]
+
+
+def test_resume_after_a_kill_reaches_the_same_final_loss(tmp_path, tiny_llama):
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_llama,
+        num_epochs=6,
+        save_steps=2,
+        lora_dropout=0.1,
+        val_set_size=0,
+        eval_steps=None,
+    )
+    straight = tmp_path / "straight"
+    assert meshtune("train", str(recipe), "--output-dir", str(straight)).wait() == 0
+    killed = tmp_path / "killed"
+    proc = meshtune("train", str(recipe), "--output-dir", str(killed))
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-00001[0-9]")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "train_summary.json").exists(), "the run finished before it was killed"
+    resumed = meshtune("train", str(recipe), "--output-dir", str(killed), "--resume")
+    out = resumed.communicate()[0]
+    assert resumed.returncode == 0, out
+    assert "resuming from step-" in out
+    assert final_loss(killed) == pytest.approx(final_loss(straight), abs=1e-6)
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_llama):
+    """`accelerate launch --multi_gpu` on a machine without GPUs runs CPU processes over gloo."""
+    import torch
+    from safetensors.torch import load_file
+
+    one = tmp_path / "one"
+    recipe = tiny_recipe(tmp_path, tiny_llama, max_steps=6, val_set_size=0, eval_steps=None)
+    assert (
+        meshtune(
+            "train", str(recipe), "--output-dir", str(one), "--set", "gradient_accumulation_steps=2"
+        ).wait()
+        == 0
+    )
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "meshtune",
+            "train",
+            str(recipe),
+            "--output-dir",
+            str(two),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-2000:]
+    summary = json.loads((two / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert final_loss(two) == pytest.approx(final_loss(one), rel=1e-4)
+    a = load_file(one / "adapter" / "adapter_model.safetensors")
+    b = load_file(two / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_the_embedded_model_trains_a_few_steps_and_saves_an_adapter_that_loads(
+    tmp_path, smol_folder
+):
+    recipe = tiny_recipe(
+        tmp_path,
+        Path("smollm2-135m"),
+        base_model="smollm2-135m",
+        max_steps=3,
+        learning_rate=1e-3,
+        val_set_size=8,
+        eval_steps=3,
+    )
+    summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    assert summary["steps"] == 3 and math.isfinite(summary["eval_loss_after"])
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(smol_folder), tmp_path / "run" / "adapter"
+    )
