@@ -17,9 +17,18 @@ SAMPLE = DATA / "mesh_conversations_sample.jsonl"
 EVAL = DATA / "eval" / "mesh_eval.jsonl"
 
 MIN_PER_CATEGORY = {
-    "relay": 100, "commands": 250, "radio": 150, "roles": 80, "channels": 80,
-    "troubleshooting": 120, "hardware": 60, "greetings": 80, "offtopic": 80, "about_bot": 40,
-    "non_english": 40, "multi_turn": 100,
+    "relay": 100,
+    "commands": 250,
+    "radio": 150,
+    "roles": 80,
+    "channels": 80,
+    "troubleshooting": 120,
+    "hardware": 60,
+    "greetings": 80,
+    "offtopic": 80,
+    "about_bot": 40,
+    "non_english": 40,
+    "multi_turn": 100,
 }
 
 
@@ -57,8 +66,14 @@ def test_replies_fit_a_lora_link(train):
 
 def test_commands_span_at_least_40_real_commands_and_relay_is_never_a_slash_command(train):
     registry = load_registry()
-    used = {m.canonical for c in train if c.category == "commands" for r in c.replies
-            for m in registry.mentions(r) if m.canonical}
+    used = {
+        m.canonical
+        for c in train
+        if c.category == "commands"
+        for r in c.replies
+        for m in registry.mentions(r)
+        if m.canonical
+    }
     assert len(used) >= 40
     assert not any("/relay" in r.lower() for c in train for r in c.replies)
 
@@ -92,10 +107,17 @@ def test_the_eval_suite_has_150_items_with_the_suite_keys():
 
 
 def test_no_eval_prompt_appears_in_the_training_data(train):
-    trained = {data.normalize(question_of(m.content)) for c in train for m in c.messages
-               if m.role == "user"}
+    trained = {
+        data.normalize(question_of(m.content))
+        for c in train
+        for m in c.messages
+        if m.role == "user"
+    }
     for item in eval_items():
-        turns = [item["prompt"]] if "prompt" in item else [
-            m["content"] for m in item["messages"] if m["role"] == "user"]
+        turns = (
+            [item["prompt"]]
+            if "prompt" in item
+            else [m["content"] for m in item["messages"] if m["role"] == "user"]
+        )
         for turn in turns:
             assert data.normalize(turn) not in trained, item["id"]

@@ -19,11 +19,11 @@ SYSTEM_PROMPT = (
 
 # meshtune's deployment system prompt: trained into every conversation that has none and
 # written as the Modelfile's SYSTEM, so the model is trained on exactly the prompt it will see.
-# Short on purpose (it is paid for in every request) and with correct facts (no /relay).
+# Short on purpose: it is paid for in every request and every training example (27 tokens for
+# SmolLM2); the facts live in the data.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are the AI of Mesh Master, a bot on a Meshtastic LoRa mesh. Reply in one short, "
-    "friendly, accurate message under 160 characters. Relays are sent as a DM: "
-    "'<shortname> <message>'. Only mention real bot commands."
+    "You are Mesh Master, the AI on a Meshtastic LoRa mesh. "
+    "Reply in one short, friendly, accurate message."
 )
 
 # Options sent with every /api/generate request; they override the Modelfile's PARAMETERs.
