@@ -434,3 +434,31 @@ def test_the_embedded_model_trains_a_few_steps_and_saves_an_adapter_that_loads(
     PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(smol_folder), tmp_path / "run" / "adapter"
     )
+
+
+def test_a_gguf_base_model_is_converted_once_and_trains(tmp_path, tiny_llama, monkeypatch):
+    from meshtune.export import write_gguf
+    from meshtune.models import resolve
+
+    monkeypatch.setenv("MESHTUNE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny-f32.gguf"
+    write_gguf(tiny_llama, gguf, "F32", "tiny")
+    base = resolve(str(gguf))
+    assert base.gguf == gguf and (base.folder / "config.json").is_file()
+    assert (
+        base.folder.is_relative_to(tmp_path / "cache") and resolve(str(gguf)).folder == base.folder
+    )
+    recipe = tiny_recipe(tmp_path, gguf, max_steps=2, val_set_size=0, eval_steps=None)
+    summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    assert summary["steps"] == 2 and summary["base_folder"] == str(base.folder)
+
+
+def test_a_missing_base_model_says_where_meshtune_looked(tmp_path):
+    from meshtune.models import resolve
+
+    with pytest.raises(
+        MeshtuneError, match=r"not in the Hugging Face cache \(.+\); .*meshtune never downloads"
+    ):
+        resolve("someone/not-here")
+    with pytest.raises(MeshtuneError, match="no config.json"):
+        resolve(str(tmp_path))
