@@ -460,5 +460,5 @@ def test_a_missing_base_model_says_where_meshtune_looked(tmp_path):
         MeshtuneError, match=r"not in the Hugging Face cache \(.+\); .*meshtune never downloads"
     ):
         resolve("someone/not-here")
-    with pytest.raises(MeshtuneError, match="no config.json"):
+    with pytest.raises(MeshtuneError, match=r"no config\.json"):
         resolve(str(tmp_path))
