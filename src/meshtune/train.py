@@ -9,6 +9,7 @@
 caught in seconds; `train()` prints the plan and runs it.
 """
 
+import itertools
 import json
 import math
 import os
@@ -394,6 +395,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
 
     if eval_batches and state.step == 0:
         state.eval_before = state.best_loss = evaluate()
+        state.best_step = 0
         metrics.write({"step": 0, "eval_loss": state.eval_before})
         say(f"eval loss before training: {state.eval_before:.4f}")
         if main:
@@ -504,6 +506,45 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     return summary if main else {}
 
 
+PACKED_ATTENTION = "meshtune_packed"
+
+
+def register_packed_attention() -> None:
+    """Attention that runs each packed conversation on its own.
+
+    The stock kernels would build a (tokens x tokens) block-diagonal mask and compute attention
+    across the whole row, most of it masked away; cutting the row at every restart of the
+    position ids costs only each conversation's own attention. Registered with transformers'
+    attention interface, so the model code is unchanged."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        pos = kwargs["position_ids"][0]
+        starts = [*(pos == 0).nonzero().flatten().tolist(), pos.numel()]
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    query[:, :, a:b],
+                    key[:, :, a:b],
+                    value[:, :, a:b],
+                    dropout_p=dropout,
+                    is_causal=True,
+                    scale=scaling,
+                    enable_gqa=True,
+                )
+                for a, b in itertools.pairwise(starts)
+            ],
+            dim=2,
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(PACKED_ATTENTION, attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, lambda *args, **kwargs: None)
+
+
 def micro_loss(model: Any, batch: Batch, device: Any) -> Any:
     """Summed cross-entropy over the trained tokens of one micro batch. Logits are computed only
     where a token is trained (`logits_to_keep`): the vocabulary projection is the costliest
@@ -542,10 +583,11 @@ def _steps(
     examples: Sequence[chat.Encoded], recipe: Recipe, plan: Plan, world: int, rank: int, done: int
 ) -> Iterator[tuple[int, float, tuple[list[Batch], list[Batch]]]]:
     """(step, epoch, (all micro batches of the step, this process's share)) after `done` steps.
-    Each epoch reshuffles with seed + epoch, so a resumed run sees the same order."""
+    Each epoch reshuffles with seed + epoch, so a resumed run sees the same order. A reshuffled
+    epoch may pack into a row more or less than the plan's; the step count is what is kept."""
     per_step = recipe.gradient_accumulation_steps * world
     step = 0
-    for epoch in range(math.ceil(plan.total_steps / plan.steps_per_epoch)):
+    for epoch in itertools.count():
         rows = pack(examples, recipe.sequence_len, recipe.sample_packing, recipe.seed + epoch)
         batches = micro_batches(rows, recipe.micro_batch_size)
         for i in range(0, len(batches), per_step):
@@ -625,7 +667,12 @@ def _load_model(
     from transformers import AutoModelForCausalLM
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": opts.trust_remote_code}
+    register_packed_attention()
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "trust_remote_code": opts.trust_remote_code,
+        "attn_implementation": PACKED_ATTENTION,
+    }
     if recipe.quantized:
         if cuda and _has("bitsandbytes"):
             from peft import prepare_model_for_kbit_training
