@@ -302,13 +302,14 @@ def _eval_dir(model: str, suite: str, profile: str) -> Path:
 
 
 class _progress:
-    """A progress bar on stderr (rich hides it when stderr is not a terminal)."""
+    """A progress bar on stderr when it is a terminal; nothing otherwise (logs, CI, tests)."""
 
     def __enter__(self) -> Any:
         from rich.console import Console
         from rich.progress import Progress
 
         self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.disable = not sys.stderr.isatty()
         self.bar.start()
         self.task = self.bar.add_task("evaluating", total=None)
         return self
@@ -461,6 +462,40 @@ def deploy_cmd(
             f"set ollama_model to {name!r} in {result.config} (backup: {result.backup}); "
             "restart Mesh Master (sudo systemctl restart mesh-ai)"
         )
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe (default: recipes/embedded-cpu.yaml).")
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="The run directory (default: the recipe's).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    samples: Annotated[int, typer.Option(help="Replies per eval item.")] = 3,
+) -> None:
+    """The whole path on the embedded default: train, export (GGUF + Modelfile, proven), and
+    evaluate base vs tuned the way Mesh Master calls the model. Exit 0 when READY."""
+    from meshtune import pipeline
+
+    result = pipeline.run(
+        recipe or pipeline.DEFAULT_RECIPE, output_dir, overwrite, samples=samples, log=typer.echo
+    )
+    train, ev = result["train"], result["eval"]
+    typer.echo(f"== done: {result['run_dir']}")
+    typer.echo(
+        f"train: {train['steps']} steps in {train['wall_time_s']:.0f} s, eval loss "
+        f"{train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
+    )
+    for m in ev["metrics"]:
+        typer.echo(f"  {m['name']:22} base {m['a']!s:>8}  tuned {m['b']!s:>8}")
+    typer.echo(
+        f"verdict: base {ev['a']['verdict']}, tuned {ev['b']['verdict']} "
+        f"(reports in {result['run_dir']}/eval)"
+    )
+    if not result["ready"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from meshtune import chat, data
 from meshtune.errors import MeshtuneError
+from meshtune.files import write_json
 from meshtune.models import EMBEDDED, resolve
 from meshtune.recipe import LoadedRecipe, Recipe, dump_recipe
 
@@ -498,7 +499,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
         _save_adapter(unwrapped, run / "adapter")
         if not eval_batches:
             shutil.rmtree(run / "best", ignore_errors=True)
-        _write_json(run / "train_summary.json", summary)
+        write_json(run / "train_summary.json", summary)
         plot_losses(run / "metrics.jsonl", run / "loss.png")
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -843,12 +844,6 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def plot_losses(metrics: Path, out: Path) -> None:

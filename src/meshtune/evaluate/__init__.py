@@ -1,0 +1,312 @@
+"""Evaluation: the guide's quick tests and red flags as measurements, run the way Mesh Master
+really calls the model.
+
+    evaluate(model, suite="mesh")   -> EvalResult (summary, every reply, READY / NOT READY)
+    compare(a, b, suite="mesh")     -> Comparison (per-category deltas, improved / regressed)
+
+A suite (suite.py) is turned into requests by a profile (profiles.py), sent through a backend
+(backends.py), every reply is measured (metrics.py), the suite is judged by the gate
+(gate.py), and report.py writes report.md, report.html, replies.jsonl and summary.json.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from meshtune.commands import Registry, load_registry
+from meshtune.errors import MeshtuneError
+from meshtune.evaluate import metrics
+from meshtune.evaluate.backends import Backend, ModelSpec, open_backend, resolve_model
+from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
+from meshtune.evaluate.profiles import build_request, get_profile
+from meshtune.evaluate.suite import Suite, load_suite
+
+__all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result"]
+
+DEFAULT_SAMPLES = 3
+Progress = Callable[[int, int], None]
+
+
+@dataclass(slots=True)
+class EvalResult:
+    summary: dict[str, Any]  # run info, suite-level numbers and the verdict (summary.json)
+    rows: list[dict[str, Any]]  # one per reply (replies.jsonl)
+    verdict: Verdict
+
+    @property
+    def ready(self) -> bool:
+        return self.verdict.ready
+
+
+def evaluate(
+    model: str,
+    suite: str | Suite = "mesh",
+    backend: str | None = None,
+    profile: str = "meshmaster",
+    samples: int = DEFAULT_SAMPLES,
+    out: str | Path | None = None,
+    gate: str | Path | GateConfig | None = None,
+    system: str | None = None,
+    url: str | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Run every suite item through the model under a profile and judge the replies.
+
+    Sampled profiles draw `samples` replies per item with seeds seed, seed+1, ...; the same
+    seeds for every item and every model, so comparisons are paired. With `out`, the report
+    files are written there.
+    """
+    if samples < 1:
+        raise MeshtuneError(f"--samples {samples}: must be at least 1")
+    the_suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    gate_cfg = gate if isinstance(gate, GateConfig) else load_gate(gate)
+    spec = resolve_model(model, backend, system)
+    prof = get_profile(profile, spec.modelfile_options)
+    n = samples if prof.sampled else 1  # a greedy reply is the same every time
+    registry = registry or load_registry()
+    start = time.perf_counter()
+    engine = open_backend(spec, url, threads)
+    try:
+        loaded = time.perf_counter()
+        rows = _run(engine, the_suite, spec, prof, n, seed, registry, progress)
+        generation = time.perf_counter() - loaded
+    finally:
+        engine.close()
+    wall = time.perf_counter() - start
+    metrics.mark_canned(rows)
+    first = build_request(the_suite.items[0], prof, spec.system_prompt)
+    summary = {
+        **_run_info(spec, the_suite, prof.name, prof.options, n, seed, wall),
+        "request_example": first.messages,  # exactly what the first item sent
+        **metrics.summarize(rows, generation),
+    }
+    verdict = judge(summary, rows, gate_cfg)
+    summary["gate"] = verdict.to_dict()
+    summary["gate_config"] = gate_cfg.model_dump()
+    result = EvalResult(summary, rows, verdict)
+    if out is not None:
+        from meshtune.evaluate.report import write_report
+
+        write_report(Path(out), result)
+    return result
+
+
+def _run(
+    engine: Backend,
+    suite: Suite,
+    spec: ModelSpec,
+    prof: Any,
+    samples: int,
+    seed: int,
+    registry: Registry,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    rows = []
+    for done, item in enumerate(suite.items, start=1):
+        request = build_request(item, prof, spec.system_prompt)
+        seeds = [seed + s for s in range(samples)]
+        batch = getattr(engine, "generate_batch", None)  # llama.cpp decodes samples together
+        gens = batch(request, seeds) if batch else [engine.generate(request, x) for x in seeds]
+        for s, gen in enumerate(gens):
+            rows.append(
+                {
+                    "item": item.id,
+                    "category": item.category,
+                    "sample": s,
+                    "seed": seed + s,
+                    "question": item.question,
+                    "reply": gen.text,
+                    **metrics.measure(
+                        gen.text,
+                        gen.finish_reason,
+                        item,
+                        registry,
+                        gen.completion_tokens,
+                        gen.seconds,
+                    ),
+                    "prompt_tokens": gen.prompt_tokens,
+                }
+            )
+        if progress:
+            progress(done, len(suite.items))
+    return rows
+
+
+def _run_info(
+    spec: ModelSpec,
+    suite: Suite,
+    profile: str,
+    options: dict[str, Any],
+    samples: int,
+    seed: int,
+    wall: float,
+) -> dict[str, Any]:
+    try:
+        version = metadata.version("meshtune")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "meshtune_version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": spec.name,
+        "label": spec.label,
+        "backend": spec.backend,
+        "model_file": str(spec.gguf or spec.hf_name or spec.name),
+        "adapter": str(spec.adapter) if spec.adapter else None,
+        "profile": profile,
+        "options": options,
+        "system_prompt": spec.system_prompt,
+        "suite": suite.name,
+        "suite_path": suite.path,
+        "samples": samples,
+        "seeds": [seed + s for s in range(samples)],
+        "wall_s": round(wall, 1),
+    }
+
+
+def load_result(folder: str | Path) -> EvalResult:
+    """A finished evaluation read back from its report folder (summary.json, replies.jsonl)."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        lines = (folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise MeshtuneError(
+            f"{folder}: not a readable evaluation report ({e}); run `meshtune eval` with --out"
+        ) from e
+    cfg = GateConfig.model_validate(summary.get("gate_config") or {})
+    verdict = judge(summary, rows, cfg)
+    summary["gate"] = verdict.to_dict()
+    return EvalResult(summary, rows, verdict)
+
+
+def is_report(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "summary.json").is_file() and (p / "replies.jsonl").is_file()
+
+
+# ---------------------------------------------------------------- compare
+
+
+@dataclass(slots=True)
+class Comparison:
+    a: EvalResult
+    b: EvalResult
+    metrics: list[dict[str, Any]]  # name, a, b, delta, better ("a" | "b" | "")
+    categories: list[dict[str, Any]]  # category, items, a, b, delta
+    improved: list[dict[str, Any]]  # item, category, question, a, b
+    regressed: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        def side(r: EvalResult) -> dict[str, Any]:
+            keys = ("model", "label", "backend", "profile", "suite", "samples")
+            return {**{k: r.summary.get(k) for k in keys}, "verdict": r.verdict.label}
+
+        return {
+            "a": side(self.a),
+            "b": side(self.b),
+            "metrics": self.metrics,
+            "categories": self.categories,
+            "improved": self.improved,
+            "regressed": self.regressed,
+        }
+
+
+# (summary key path, display name, True when higher is better)
+COMPARED = (
+    (("pass_rate",), "item pass rate", True),
+    (("loop_rate",), "loop rate", False),
+    (("runaway_rate",), "runaway rate", False),
+    (("invented_command_rate",), "invented-command rate", False),
+    (("command_dump_rate",), "command-dump rate", False),
+    (("canned_rate",), "canned rate", False),
+    (("chars", "p50"), "median chars", None),
+    (("chars", "p90"), "p90 chars", False),
+    (("share_80_150_chars",), "share 80-150 chars", True),
+    (("share_one_chunk",), "share in one chunk", True),
+    (("tokens_per_s",), "tokens/s", True),
+)
+
+
+def compare(
+    a: str,
+    b: str,
+    suite: str | Suite = "mesh",
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> Comparison:
+    """Two models (or two finished report folders) on the same suite and profile."""
+    results = []
+    for tag, model in (("a", a), ("b", b)):
+        if is_report(model):
+            results.append(load_result(model))
+        else:
+            sub = Path(out) / tag if out is not None else None
+            results.append(evaluate(model, suite, out=sub, progress=progress, **kwargs))
+    ra, rb = results
+    for key in ("suite", "profile"):
+        if ra.summary[key] != rb.summary[key]:
+            raise MeshtuneError(
+                f"cannot compare: {key} '{ra.summary[key]}' vs '{rb.summary[key]}'; "
+                "evaluate both with the same --suite and --profile"
+            )
+    comp = _comparison(ra, rb)
+    if out is not None:
+        from meshtune.evaluate.report import write_comparison
+
+        write_comparison(Path(out), comp)
+    return comp
+
+
+def _get(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = summary
+    for k in path:
+        value = value.get(k) if isinstance(value, dict) else None
+    return value
+
+
+def _comparison(ra: EvalResult, rb: EvalResult) -> Comparison:
+    rows = []
+    for path, name, higher in COMPARED:
+        va, vb = _get(ra.summary, path), _get(rb.summary, path)
+        delta = round(vb - va, 4) if va is not None and vb is not None else None
+        better = ""
+        if delta and higher is not None:
+            better = "b" if (delta > 0) == higher else "a"
+        rows.append({"name": name, "a": va, "b": vb, "delta": delta, "better": better})
+    cats = []
+    ca, cb = ra.summary["categories"], rb.summary["categories"]
+    for cat in sorted(set(ca) | set(cb)):
+        va = ca.get(cat, {}).get("pass_rate")
+        vb = cb.get(cat, {}).get("pass_rate")
+        delta = round(vb - va, 4) if va is not None and vb is not None else None
+        items = (cb.get(cat) or ca.get(cat))["items"]
+        cats.append({"category": cat, "items": items, "a": va, "b": vb, "delta": delta})
+    pa, pb = metrics.item_pass_rates(ra.rows), metrics.item_pass_rates(rb.rows)
+    info = {r["item"]: (r["category"], r["question"]) for r in ra.rows + rb.rows}
+    improved, regressed = [], []
+    for item in [i for i in pa if i in pb]:
+        entry = {
+            "item": item,
+            "category": info[item][0],
+            "question": info[item][1],
+            "a": round(pa[item], 3),
+            "b": round(pb[item], 3),
+        }
+        if pb[item] > pa[item]:
+            improved.append(entry)
+        elif pb[item] < pa[item]:
+            regressed.append(entry)
+    improved.sort(key=lambda e: e["a"] - e["b"])
+    regressed.sort(key=lambda e: e["b"] - e["a"])
+    return Comparison(ra, rb, rows, cats, improved, regressed)

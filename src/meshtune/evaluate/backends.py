@@ -1,0 +1,584 @@
+"""Backends: how the model is called.
+
+- hf: transformers in-process (a base model, base + LoRA adapter, or a merged folder).
+- llamacpp: a GGUF in-process through llama-cpp-python.
+- openai: any OpenAI-compatible /v1/chat/completions server.
+- ollama: POST /api/generate with Mesh Master's body (prompt string, options, stream).
+
+The in-process backends send what Ollama would: the deployment system prompt as the system
+message, the request's user turn, rendered by the model's own chat template (the one training
+uses). Every backend reports whether the reply ended with an end-of-turn token ("stop") or ran
+into num_predict ("length").
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from meshtune import meshmaster, models
+from meshtune.errors import MeshtuneError
+from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
+
+BACKENDS = ("hf", "llamacpp", "openai", "ollama")
+SERVED = ("openai", "ollama")
+DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
+TIMEOUT_S = 120  # Mesh Master's ollama_timeout
+REPEAT_LAST_N = 64  # Ollama's and llama.cpp's default look-back of repeat_penalty
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop": ended with an end-of-turn token; "length": hit num_predict
+    completion_tokens: int | None
+    prompt_tokens: int | None
+    seconds: float
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, request: Request, seed: int) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- which model, which backend
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A MODEL argument resolved to what a backend needs."""
+
+    name: str  # as given
+    label: str  # short name for reports
+    backend: str
+    system_prompt: str
+    gguf: Path | None = None
+    hf_name: str | None = None  # for models.resolve (the embedded name, a folder, a .gguf)
+    adapter: Path | None = None
+    run_dir: Path | None = None
+    modelfile_options: dict[str, Any] | None = None
+
+
+def resolve_model(model: str, backend: str | None = None, system: str | None = None) -> ModelSpec:
+    """A run directory, merged HF folder, GGUF file, the embedded model's name, or (with
+    --backend openai|ollama) a served model's name."""
+    if backend is not None and backend not in BACKENDS:
+        raise MeshtuneError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    path = Path(model).expanduser()
+    run = path if (path / "train_summary.json").is_file() else None
+    deploy_system = system if system is not None else _run_system_prompt(run)
+    if backend in SERVED:
+        return ModelSpec(model, model, backend, deploy_system)
+    if run is not None:
+        return _run_spec(model, run, backend, deploy_system)
+    if model in models.EMBEDDED_ALIASES:
+        gguf = models.embedded_gguf()
+        return ModelSpec(
+            model, models.EMBEDDED, backend or "llamacpp", deploy_system, gguf, hf_name=model
+        )
+    if path.is_file() and path.suffix == ".gguf":
+        # A Modelfile beside the GGUF (as export writes it) gives the SYSTEM and PARAMETERs.
+        opts = modelfile_options(path.parent)
+        if system is None:
+            deploy_system = modelfile_system(path.parent) or deploy_system
+        return ModelSpec(
+            model, path.stem, backend or "llamacpp", deploy_system, path, model, None, None, opts
+        )
+    if path.is_dir() and (path / "config.json").is_file():
+        if backend == "llamacpp":
+            raise MeshtuneError(
+                f"{path}: a Hugging Face folder, not a GGUF; pass the .gguf (meshtune export "
+                "writes one) or use --backend hf"
+            )
+        return ModelSpec(model, path.name, "hf", deploy_system, hf_name=model)
+    raise MeshtuneError(
+        f"{model}: not a run directory, model folder, .gguf file or '{models.EMBEDDED}'; "
+        "for a model served by Ollama or an OpenAI-compatible server pass --backend ollama|openai"
+    )
+
+
+def _run_system_prompt(run: Path | None) -> str:
+    if run is None:
+        return meshmaster.DEFAULT_SYSTEM_PROMPT
+    summary = _read_summary(run)
+    return summary.get("system_prompt") or meshmaster.DEFAULT_SYSTEM_PROMPT
+
+
+def _read_summary(run: Path) -> dict[str, Any]:
+    path = run / "train_summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise MeshtuneError(f"{path}: cannot read ({e}); re-run `meshtune train`") from e
+    if not isinstance(summary, dict):
+        raise MeshtuneError(f"{path}: not a JSON object; re-run `meshtune train`")
+    return summary
+
+
+def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
+    """A run directory: its exported GGUF for llamacpp (the default once export has run),
+    else base + best adapter (or the merged folder) for hf."""
+    ggufs = sorted(run.glob("*.gguf"))
+    backend = backend or ("llamacpp" if ggufs else "hf")
+    opts = modelfile_options(run)
+    if backend == "llamacpp":
+        if not ggufs:
+            raise MeshtuneError(
+                f"{run}: no .gguf in this run; run `meshtune export {run}` first "
+                "or use --backend hf"
+            )
+        if len(ggufs) > 1:
+            names = ", ".join(g.name for g in ggufs)
+            raise MeshtuneError(f"{run}: several GGUF files ({names}); pass the one to evaluate")
+        return ModelSpec(model, run.name, backend, system, ggufs[0], None, None, run, opts)
+    if (run / "merged" / "config.json").is_file():
+        return ModelSpec(
+            model, run.name, backend, system, None, str(run / "merged"), None, run, opts
+        )
+    summary = _read_summary(run)
+    base = summary.get("base_model")
+    if not base:
+        raise MeshtuneError(f"{run}/train_summary.json: no base_model; re-run `meshtune train`")
+    adapter = run / str(summary.get("best_adapter") or "best")
+    if not (adapter / "adapter_config.json").is_file():
+        adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise MeshtuneError(f"{run}: no best/ or adapter/ LoRA adapter; re-run `meshtune train`")
+    return ModelSpec(model, run.name, backend, system, None, str(base), adapter, run, opts)
+
+
+def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = None) -> Backend:
+    if spec.backend == "llamacpp":
+        assert spec.gguf is not None
+        return LlamaCppBackend(spec.gguf, threads=threads)
+    if spec.backend == "hf":
+        assert spec.hf_name is not None
+        return HFBackend(models.resolve(spec.hf_name).folder, spec.adapter, threads=threads)
+    if spec.backend == "openai":
+        return OpenAIBackend(url or DEFAULT_URLS["openai"], spec.name)
+    return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name)
+
+
+def default_threads() -> int:
+    # Small models gain nothing from many threads; 2 matched the best speed on 2 cores.
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+class LlamaCppBackend:
+    """llama.cpp in-process, with the GGUF's own chat template.
+
+    All samples of one request are decoded together, as parallel sequences of one batch: the
+    prompt is evaluated once and its KV cells are shared, and each decode step serves every
+    sample (3 samples: about 20% faster than one at a time with the 135M model on 2 cores).
+    The prompt prefix shared with the previous request (system prompt, Mesh Master's text)
+    stays cached. Each sample has llama-cpp-python's sampler chain (repeat penalty over the
+    last 64 generated tokens, top_k, top_p, min_p, temperature, then a draw seeded with its
+    own seed), so a single sample reproduces `Llama.create_chat_completion` with that seed.
+    Sequences decoded together sum their attention in another order, so a near-tie token may
+    differ from a one-at-a-time run; a run is deterministic for a given suite, seeds and
+    thread count.
+    """
+
+    name = "llamacpp"
+    MAX_SEQ = 8  # samples decoded together; more are done in rounds
+
+    def __init__(self, gguf: Path, threads: int | None = None, n_ctx: int = 2048):
+        from llama_cpp import Llama, llama_chat_format
+        from llama_cpp import _internals as internals
+        from llama_cpp import llama_cpp as C
+
+        if not gguf.is_file():
+            raise MeshtuneError(f"{gguf}: no such GGUF file; check the path")
+        threads = threads or default_threads()
+        try:
+            # Llama loads the model, its metadata and tokenizer; decoding uses our own context.
+            self.llm = Llama(str(gguf), n_ctx=256, n_threads=threads, verbose=False)
+        except ValueError as e:
+            raise MeshtuneError(f"{gguf}: llama.cpp cannot load it ({e}); check the file") from e
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise MeshtuneError(
+                f"{gguf}: no chat template in the GGUF metadata; export it with meshtune export"
+            )
+        model = self.llm._model
+        eos = self.llm.token_eos()
+        self.formatter = llama_chat_format.Jinja2ChatFormatter(
+            template,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(self.llm.token_bos())
+            if self.llm.token_bos() != -1
+            else "",
+            stop_token_ids=[eos],
+        )
+        # Llama's own context settings (flash attention off, as llama-cpp-python sets it), with
+        # room for parallel sequences.
+        params = C.llama_context_params.from_buffer_copy(self.llm.context_params)
+        params.n_ctx = n_ctx
+        params.n_seq_max = self.MAX_SEQ
+        params.kv_unified = True  # one cell pool: copied prompt cells are shared, not duplicated
+        params.n_threads = params.n_threads_batch = threads
+        self.C, self.internals = C, internals
+        self.ctx = internals.LlamaContext(model=model, params=params, verbose=False)
+        self.batch = internals.LlamaBatch(
+            n_tokens=512, embd=0, n_seq_max=self.MAX_SEQ, verbose=False
+        )
+        self.n_ctx = n_ctx
+        self.cached: list[int] = []  # the tokens sequence 0 holds in the KV cache
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The tokens of the chat, rendered by the GGUF's template as llama-cpp-python does."""
+        rendered = self.formatter(messages=messages)
+        return self.llm.tokenize(
+            rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
+        )
+
+    def generate(self, request: Request, seed: int) -> Generation:
+        return self.generate_batch(request, [seed])[0]
+
+    def generate_batch(self, request: Request, seeds: list[int]) -> list[Generation]:
+        out: list[Generation] = []
+        for i in range(0, len(seeds), self.MAX_SEQ):
+            out += self._generate(request, seeds[i : i + self.MAX_SEQ])
+        return out
+
+    def _generate(self, request: Request, seeds: list[int]) -> list[Generation]:
+        C = self.C
+        prompt = self.prompt_tokens(request.messages)
+        limit = request.profile.num_predict
+        if len(prompt) + limit * len(seeds) > self.n_ctx:
+            raise MeshtuneError(
+                f"llama.cpp: a {len(prompt)}-token prompt and {len(seeds)} x {limit} new tokens "
+                f"do not fit the {self.n_ctx}-token context; shorten the suite item"
+            )
+        start = time.perf_counter()
+        last = self._eval_prompt(prompt)
+        for s in range(1, len(seeds)):
+            C.llama_memory_seq_cp(self.ctx.memory, 0, s, -1, -1)
+        samplers = [self._sampler(request.profile.options, seed) for seed in seeds]
+        vocab = self.llm._model.vocab
+        tokens: list[list[int]] = [[] for _ in seeds]
+        finish = ["length"] * len(seeds)
+        logits_at = [last] * len(seeds)  # where each sequence's next-token logits are
+        seconds = [0.0] * len(seeds)  # when each sample's last token came
+        live = list(range(len(seeds)))
+        while live:
+            step = []
+            for s in live:
+                token = C.llama_sampler_sample(samplers[s].sampler, self.ctx.ctx, logits_at[s])
+                if C.llama_vocab_is_eog(vocab, token):
+                    finish[s] = "stop"
+                else:
+                    tokens[s].append(token)
+                    if len(tokens[s]) < limit:
+                        step.append((s, token))
+                        continue
+                seconds[s] = time.perf_counter() - start
+            live = [s for s, _ in step]
+            if step:
+                logits_at = self._decode_step(step, len(prompt), tokens, logits_at)
+        self.cached = prompt + tokens[0]
+        return [
+            Generation(
+                self.llm.detokenize(t).decode("utf-8", errors="ignore"),
+                finish[s],
+                len(t),
+                len(prompt),
+                seconds[s],
+            )
+            for s, t in enumerate(tokens)
+        ]
+
+    def _eval_prompt(self, prompt: list[int]) -> int:
+        """Evaluate the prompt as sequence 0, reusing the cached common prefix; the other
+        sequences are dropped. Returns the batch index of the last token's logits."""
+        C = self.C
+        common = 0
+        for a, b in zip(self.cached, prompt, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)  # the last token is decoded again for its logits
+        self.cached = []  # until the prompt is in the cache
+        C.llama_memory_seq_rm(self.ctx.memory, 0, common, -1)
+        for s in range(1, self.MAX_SEQ):
+            C.llama_memory_seq_rm(self.ctx.memory, s, -1, -1)
+        rest = prompt[common:]
+        for i in range(0, len(rest), 512):
+            chunk = rest[i : i + 512]
+            self._fill(
+                [(0, t, common + i + j, i + j == len(rest) - 1) for j, t in enumerate(chunk)]
+            )
+            self.ctx.decode(self.batch)
+        self.cached = list(prompt)
+        return self.batch.batch.n_tokens - 1
+
+    def _decode_step(
+        self,
+        step: list[tuple[int, int]],
+        n_prompt: int,
+        tokens: list[list[int]],
+        logits_at: list[int],
+    ) -> list[int]:
+        """Decode one new token for each live sequence in one batch."""
+        self._fill([(s, t, n_prompt + len(tokens[s]) - 1, True) for s, t in step])
+        self.ctx.decode(self.batch)
+        at = list(logits_at)
+        for i, (s, _) in enumerate(step):
+            at[s] = i
+        return at
+
+    def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """(sequence, token, position, want logits) entries -> the batch."""
+        b = self.batch.batch
+        b.n_tokens = len(entries)
+        for i, (seq, token, pos, logits) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+            b.seq_id[i][0] = seq
+
+    def _sampler(self, o: dict[str, Any], seed: int) -> Any:
+        """llama-cpp-python's chain (Llama._init_sampler) with Ollama's defaults."""
+        sampler = self.internals.LlamaSampler()
+        penalty = float(o.get("repeat_penalty", 1.1))
+        sampler.add_penalties(self.llm.n_vocab(), REPEAT_LAST_N, penalty, 0.0, 0.0)
+        temperature = float(o.get("temperature", 0.8))
+        if temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        sampler.add_top_k(int(o.get("top_k", 40)))
+        sampler.add_typical(1.0, 1)
+        sampler.add_top_p(float(o.get("top_p", 0.9)), 1)
+        sampler.add_min_p(float(o.get("min_p", 0.0)), 1)  # Ollama's default min_p is 0
+        sampler.add_temp(temperature)
+        sampler.add_dist(seed)
+        return sampler
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+        self.llm.close()
+
+
+# ---------------------------------------------------------------- transformers
+
+
+class HFBackend:
+    """transformers in-process; a LoRA adapter is merged into the base once at load."""
+
+    name = "hf"
+
+    def __init__(self, folder: Path, adapter: Path | None = None, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from meshtune.chat import family_of
+
+        torch.set_num_threads(threads or default_threads())
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        self.model = model.eval()
+        eot = self.tokenizer.convert_tokens_to_ids(family_of(self.tokenizer).end_of_turn)
+        self.stop_ids = sorted({eot, self.tokenizer.eos_token_id} - {None})
+
+    def generate(self, request: Request, seed: int) -> Generation:
+        from transformers import LogitsProcessorList
+
+        from meshtune.chat import render
+        from meshtune.data import Message
+
+        o = request.profile.options
+        messages = [Message(m["role"], m["content"]) for m in request.messages]  # type: ignore[arg-type]
+        text = render(self.tokenizer, messages, generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        temperature = float(o.get("temperature", 0.8))
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            sampling = {
+                "do_sample": True,
+                "temperature": temperature,
+                "top_p": float(o.get("top_p", 0.9)),
+                "top_k": int(o.get("top_k", 40)),
+            }
+        processors = LogitsProcessorList()
+        penalty = float(o.get("repeat_penalty", 1.0))
+        if penalty != 1.0:
+            processors.append(WindowRepeatPenalty(penalty, ids.shape[1]))
+        self.torch.manual_seed(seed)
+        start = time.perf_counter()
+        with self.torch.no_grad():
+            out = self.model.generate(
+                ids,
+                attention_mask=self.torch.ones_like(ids),
+                max_new_tokens=request.profile.num_predict,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.stop_ids[0],
+                logits_processor=processors,
+                **sampling,
+            )
+        seconds = time.perf_counter() - start
+        new = out[0, ids.shape[1] :].tolist()
+        stopped = bool(new) and new[-1] in self.stop_ids
+        if stopped:
+            new = new[:-1]
+        return Generation(
+            self.tokenizer.decode(new, skip_special_tokens=True),
+            "stop" if stopped else "length",
+            len(new),
+            ids.shape[1],
+            seconds,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class WindowRepeatPenalty:
+    """llama.cpp's repeat_penalty: the last REPEAT_LAST_N generated tokens are penalised
+    (logit / p if positive, * p if negative), as llama-cpp-python does. transformers' own
+    repetition_penalty looks at the whole context, prompt included, which is not what the
+    deployed model sees."""
+
+    def __init__(self, penalty: float, prompt_len: int, last_n: int = REPEAT_LAST_N):
+        self.penalty, self.prompt_len, self.last_n = penalty, prompt_len, last_n
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        generated = input_ids[:, self.prompt_len :][:, -self.last_n :]
+        if generated.shape[1] == 0:
+            return scores
+        picked = scores.gather(1, generated)
+        picked = picked.where(picked < 0, picked / self.penalty)
+        picked = picked.where(picked >= 0, picked * self.penalty)
+        return scores.scatter(1, generated, picked)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data, {"Content-Type": "application/json", **(headers or {})}, method="POST"
+    )
+    try:
+        return urllib.request.urlopen(req, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:200]
+        raise MeshtuneError(f"{url}: HTTP {e.code} ({detail}); check the model name") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise MeshtuneError(f"{url}: cannot connect ({reason}); is the server running?") from e
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible /v1/chat/completions server (llama.cpp's, llama-cpp-python's,
+    vLLM, LM Studio, Ollama's /v1). top_k and repeat_penalty are sent as the extra fields
+    llama.cpp servers read; OPENAI_API_KEY is sent as a bearer token when set."""
+
+    name = "openai"
+
+    def __init__(self, url: str, model: str):
+        self.url = url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
+        self.model = model
+        key = os.environ.get("OPENAI_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def generate(self, request: Request, seed: int) -> Generation:
+        o = request.profile.options
+        body = {
+            "model": self.model,
+            "messages": request.messages,
+            "temperature": float(o.get("temperature", 0.8)),
+            "top_p": float(o.get("top_p", 0.9)),
+            "top_k": int(o.get("top_k", 40)),
+            "min_p": float(o.get("min_p", 0.0)),
+            "repeat_penalty": float(o.get("repeat_penalty", 1.1)),
+            "max_tokens": request.profile.num_predict,
+            "seed": seed,
+        }
+        start = time.perf_counter()
+        with _post(self.url, body, self.headers) as resp:
+            out = json.loads(resp.read())
+        seconds = time.perf_counter() - start
+        try:
+            choice = out["choices"][0]
+            usage = out.get("usage") or {}
+            return Generation(
+                choice["message"].get("content") or "",
+                "length" if choice.get("finish_reason") == "length" else "stop",
+                usage.get("completion_tokens"),
+                usage.get("prompt_tokens"),
+                seconds,
+            )
+        except (KeyError, IndexError, TypeError) as e:
+            raise MeshtuneError(f"{self.url}: unexpected reply {str(out)[:200]}") from e
+
+    def close(self) -> None:
+        pass
+
+
+class OllamaBackend:
+    """Ollama's /api/generate with Mesh Master's body: {"model", "prompt", "stream": true,
+    "options"}. The server adds the Modelfile's SYSTEM and TEMPLATE, so the request's system
+    text is not sent. Under the modelfile profile only the seed is sent, so the Modelfile's
+    PARAMETERs apply; a multi-turn chat goes to /api/chat as `ollama run` does."""
+
+    name = "ollama"
+
+    def __init__(self, url: str, model: str):
+        self.base = url.rstrip("/").removesuffix("/api/generate")
+        self.model = model
+
+    def body(self, request: Request, seed: int) -> tuple[str, dict[str, Any]]:
+        """The endpoint and the exact JSON body for one request."""
+        p = request.profile
+        options = {"seed": seed} if p.from_modelfile else {**p.options, "seed": seed}
+        if len(request.turns) == 1 and not request.own_system:
+            body = {"model": self.model, "prompt": request.prompt, "stream": True}
+            return "/api/generate", {**body, "options": options}
+        messages = request.messages if request.own_system else request.turns
+        body = {"model": self.model, "messages": messages, "stream": True}
+        return "/api/chat", {**body, "options": options}
+
+    def generate(self, request: Request, seed: int) -> Generation:
+        path, body = self.body(request, seed)
+        start = time.perf_counter()
+        parts: list[str] = []
+        final: dict[str, Any] = {}
+        with _post(self.base + path, body) as resp:
+            for raw in resp:  # newline-delimited JSON chunks; the last has "done": true
+                if not raw.strip():
+                    continue
+                chunk = json.loads(raw)
+                if "error" in chunk:
+                    raise MeshtuneError(f"{self.base}{path}: {chunk['error']}")
+                parts.append(chunk.get("response") or chunk.get("message", {}).get("content", ""))
+                if chunk.get("done"):
+                    final = chunk
+                    break
+        seconds = time.perf_counter() - start
+        if not final:
+            raise MeshtuneError(f"{self.base}{path}: the stream ended without done; retry")
+        return Generation(
+            "".join(parts),
+            "length" if final.get("done_reason") == "length" else "stop",
+            final.get("eval_count"),
+            final.get("prompt_eval_count"),
+            seconds,
+        )
+
+    def close(self) -> None:
+        pass

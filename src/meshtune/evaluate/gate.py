@@ -1,0 +1,222 @@
+"""The gate: the v2 guide's success criteria as thresholds, and a READY / NOT READY verdict.
+
+Defaults (each overridable in a small YAML file, `null` switches a criterion off):
+
+    max_loop_rate: 0.0             # "No repetitive loops"
+    max_runaway_rate: 0.0          # no reply runs into num_predict without ending its turn
+    max_invented_command_rate: 0.0 # "Doesn't hallucinate commands"
+    max_command_dump_rate: 0.02    # red flag "just listing commands instead of explaining"
+    max_canned_rate: 0.02          # red flag "ignoring the question and giving a canned response"
+    max_p90_chars: 200             # the guide's 200-character limit, for 9 replies in 10
+    median_chars: [80, 150]        # "Responses are concise (80-150 chars typical)"
+    min_pass_rate: 0.6             # mean item pass rate (see metrics.py)
+
+Why 0.6: an item passes only when its reply answers with the expected facts (a command, a
+shortname, a number), avoids forbidden ones, fits max_chars and shows no red flag, and a
+sampled profile draws three replies at temperature 0.7. 0.6 asks a tuned model to get a clear
+majority of those right while leaving room for a 135M model's sampling noise; the untuned base
+stays far below it (see the README's baseline numbers).
+The two red-flag rates allow 2%: the guide names them as habits ("consistently"), and a
+question such as "what commands are there?" may deserve a short list.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from meshtune.errors import MeshtuneError
+
+EXAMPLES = 3  # example replies shown per failing criterion
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_loop_rate: float | None = 0.0
+    max_runaway_rate: float | None = 0.0
+    max_invented_command_rate: float | None = 0.0
+    max_command_dump_rate: float | None = 0.02
+    max_canned_rate: float | None = 0.02
+    max_p90_chars: float | None = 200
+    median_chars: tuple[float, float] | None = (80, 150)
+    min_pass_rate: float | None = 0.6
+
+    @field_validator("median_chars")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError("the lower bound is above the upper bound")
+        return v
+
+
+def load_gate(path: str | Path | None) -> GateConfig:
+    if path is None:
+        return GateConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check the path") from e
+    except yaml.YAMLError as e:
+        raise MeshtuneError(f"{path}: not valid YAML; fix the syntax") from e
+    try:
+        return GateConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(GateConfig.model_fields)
+            raise MeshtuneError(f"{path}: unknown key '{key}'; the keys are {known}") from e
+        raise MeshtuneError(f"{path}: '{key}': {err['msg']}; fix the value") from e
+
+
+@dataclass(slots=True)
+class Criterion:
+    name: str
+    ok: bool
+    value: float
+    limit: str  # e.g. "<= 0" or "80-150"
+    what: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "value": self.value,
+            "limit": self.limit,
+            "what": self.what,
+            "examples": [_example(r) for r in self.examples],
+        }
+
+
+@dataclass(slots=True)
+class Verdict:
+    ready: bool
+    criteria: list[Criterion]
+
+    @property
+    def label(self) -> str:
+        return "READY" if self.ready else "NOT READY"
+
+    @property
+    def failing(self) -> list[Criterion]:
+        return [c for c in self.criteria if not c.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.label, "criteria": [c.to_dict() for c in self.criteria]}
+
+
+def _example(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "item": r["item"],
+        "sample": r["sample"],
+        "question": r["question"],
+        "reply": r["reply"],
+        "failures": r["failures"],
+    }
+
+
+def _spread(rows: list[dict[str, Any]], n: int = EXAMPLES) -> list[dict[str, Any]]:
+    """Up to n rows from different items, so examples are not three samples of one prompt."""
+    picked, seen = [], set()
+    for r in rows:
+        if r["item"] not in seen:
+            picked.append(r)
+            seen.add(r["item"])
+        if len(picked) == n:
+            break
+    return picked
+
+
+def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) -> Verdict:
+    criteria: list[Criterion] = []
+
+    def at_most(name: str, limit: float | None, value: float, what: str, flag: Any) -> None:
+        if limit is None:
+            return
+        ok = value <= limit
+        bad = [] if ok else _spread([r for r in rows if flag(r)])
+        criteria.append(Criterion(name, ok, value, f"<= {limit:g}", what, bad))
+
+    at_most(
+        "loops",
+        cfg.max_loop_rate,
+        summary["loop_rate"],
+        "share of replies that loop",
+        lambda r: r["loop"] is not None,
+    )
+    at_most(
+        "runaways",
+        cfg.max_runaway_rate,
+        summary["runaway_rate"],
+        "share of replies that hit num_predict without an end token",
+        lambda r: r["runaway"],
+    )
+    at_most(
+        "invented commands",
+        cfg.max_invented_command_rate,
+        summary["invented_command_rate"],
+        "share of replies naming a command the bot does not have",
+        lambda r: r["invented_commands"],
+    )
+    at_most(
+        "command dumps",
+        cfg.max_command_dump_rate,
+        summary["command_dump_rate"],
+        "share of replies that list commands instead of answering",
+        lambda r: r["command_dump"],
+    )
+    at_most(
+        "canned replies",
+        cfg.max_canned_rate,
+        summary["canned_rate"],
+        "share of replies given word for word to 3+ different prompts",
+        lambda r: r.get("canned"),
+    )
+    longest = sorted(rows, key=lambda r: -r["chars"])
+    if cfg.max_p90_chars is not None:
+        value = summary["chars"]["p90"]
+        ok = value <= cfg.max_p90_chars
+        criteria.append(
+            Criterion(
+                "p90 length",
+                ok,
+                value,
+                f"<= {cfg.max_p90_chars:g} chars",
+                "90th percentile of reply characters",
+                [] if ok else _spread(longest),
+            )
+        )
+    if cfg.median_chars is not None:
+        lo, hi = cfg.median_chars
+        value = summary["chars"]["p50"]
+        ok = lo <= value <= hi
+        typical = sorted(rows, key=lambda r: abs(r["chars"] - value))  # replies near the median
+        criteria.append(
+            Criterion(
+                "median length",
+                ok,
+                value,
+                f"{lo:g}-{hi:g} chars",
+                "median reply characters",
+                [] if ok else _spread(typical),
+            )
+        )
+    if cfg.min_pass_rate is not None:
+        value = summary["pass_rate"]
+        ok = value >= cfg.min_pass_rate
+        failed = [r for r in rows if not r["passed"]]
+        criteria.append(
+            Criterion(
+                "item pass rate",
+                ok,
+                value,
+                f">= {cfg.min_pass_rate:g}",
+                "mean share of samples passing their item's checks",
+                [] if ok else _spread(failed),
+            )
+        )
+    return Verdict(all(c.ok for c in criteria), criteria)

@@ -1,0 +1,223 @@
+"""What is measured: per reply (length, radio chunks, runaway, loops, invented commands,
+command dumps, the item's checks, speed) and across a suite (canned replies, pass rates,
+length distribution).
+
+A reply passes its item when the item's checks (expect_any, expect_all, forbid, max_chars)
+hold and it is not empty, a loop, a runaway, an invented-command or a command-dump reply. An
+item's pass rate is the share of its samples that pass; the suite's pass rate is the mean of
+its items' pass rates.
+"""
+
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from meshtune.commands import Registry
+from meshtune.evaluate.suite import Item
+from meshtune.meshmaster import split_chunks
+
+# Loop detector thresholds. A reply loops when any of these holds:
+LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...
+LOOP_NGRAM_REPEATS = 3  # ... occurs 3 or more times;
+LOOP_LINE_WORDS = 3  # a line of 3+ words ...
+LOOP_LINE_REPEATS = 2  # ... occurs twice;
+LOOP_SENTENCE_WORDS = 4  # a sentence of 4+ words ...
+LOOP_SENTENCE_REPEATS = 2  # ... occurs twice;
+LOOP_SPAN_CHARS = 8  # or a span of 8+ characters ...
+LOOP_SPAN_REPEATS = 3  # ... repeats back to back 3+ times ("!!!!!!!!..." or "hahaha...").
+
+CANNED_MIN_ITEMS = 3  # the same reply to this many different prompts is canned
+TARGET_CHARS = (80, 150)  # the guide: "concise (80-150 chars typical)"
+
+FAILURES = (
+    "empty",
+    "loop",
+    "runaway",
+    "invented-command",
+    "command-dump",
+    "missing-expected",
+    "missing-required",
+    "forbidden",
+    "too-long",
+)
+
+_WORD_RE = re.compile(r"[\w/'’-]+")
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+_SPAN_RE = re.compile(rf"(.{{{LOOP_SPAN_CHARS},}}?)\1{{{LOOP_SPAN_REPEATS - 1},}}", re.DOTALL)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD_RE.findall(text.lower())
+
+
+def loop_reason(text: str) -> str | None:
+    """Why a reply counts as a loop (None when it does not), by the thresholds above."""
+    words = _words(text)
+    grams = Counter(
+        tuple(words[i : i + LOOP_NGRAM_WORDS]) for i in range(len(words) - LOOP_NGRAM_WORDS + 1)
+    )
+    if grams:
+        gram, n = grams.most_common(1)[0]
+        if n >= LOOP_NGRAM_REPEATS:
+            return f"the phrase '{' '.join(gram)}' occurs {n} times"
+    lines = Counter(
+        " ".join(_words(line)) for line in text.splitlines() if len(_words(line)) >= LOOP_LINE_WORDS
+    )
+    for line, n in lines.items():
+        if n >= LOOP_LINE_REPEATS:
+            return f"the line '{line}' occurs {n} times"
+    sentences = Counter(
+        " ".join(_words(s))
+        for s in _SENTENCE_RE.split(text)
+        if len(_words(s)) >= LOOP_SENTENCE_WORDS
+    )
+    for sentence, n in sentences.items():
+        if n >= LOOP_SENTENCE_REPEATS:
+            return f"the sentence '{sentence}' occurs {n} times"
+    span = _SPAN_RE.search(text)
+    if span:
+        return f"'{span.group(1)}' repeats back to back"
+    return None
+
+
+def _has(text: str, needle: str) -> bool:
+    return needle.lower() in text
+
+
+def measure(
+    text: str,
+    finish_reason: str,
+    item: Item,
+    registry: Registry,
+    completion_tokens: int | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Every per-reply metric, and the list of failures (empty when the reply passes)."""
+    reply = text.strip()
+    low = reply.lower()
+    unknown = sorted({m.written for m in registry.unknown(reply)})
+    loop = loop_reason(reply)
+    missing_all = [s for s in item.expect_all if not _has(low, s)]
+    forbidden = [s for s in item.forbid if _has(low, s)]
+    failures = {
+        "empty": not reply,
+        "loop": loop is not None,
+        "runaway": finish_reason == "length",
+        "invented-command": bool(unknown),
+        "command-dump": registry.is_command_dump(reply),
+        "missing-expected": bool(item.expect_any)
+        and not any(_has(low, s) for s in item.expect_any),
+        "missing-required": bool(missing_all),
+        "forbidden": bool(forbidden),
+        "too-long": len(reply) > item.max_chars,
+    }
+    tps = (
+        round(completion_tokens / seconds, 1)
+        if completion_tokens and seconds and seconds > 0
+        else None
+    )
+    return {
+        "chars": len(reply),
+        "bytes": len(reply.encode()),
+        "chunks": len(split_chunks(reply)),
+        "finish_reason": finish_reason,
+        "runaway": failures["runaway"],
+        "loop": loop,
+        "invented_commands": unknown,
+        "command_dump": failures["command-dump"],
+        "missing_all": missing_all,
+        "forbidden": forbidden,
+        "failures": [f for f in FAILURES if failures[f]],
+        "passed": not any(failures.values()),
+        "tokens": completion_tokens,
+        "latency_s": round(seconds, 3) if seconds is not None else None,
+        "tokens_per_s": tps,
+    }
+
+
+def normalized(text: str) -> str:
+    return " ".join(_words(text))
+
+
+def mark_canned(rows: Sequence[dict[str, Any]]) -> None:
+    """Set row["canned"]: the same reply (case, spacing and punctuation ignored) was given to
+    CANNED_MIN_ITEMS or more different items."""
+    items_by_reply: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r["reply"].strip():
+            items_by_reply[normalized(r["reply"])].add(r["item"])
+    for r in rows:
+        key = normalized(r["reply"])
+        r["canned"] = bool(key) and len(items_by_reply[key]) >= CANNED_MIN_ITEMS
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
+def item_pass_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    passed: dict[str, list[bool]] = defaultdict(list)
+    for r in rows:
+        passed[r["item"]].append(r["passed"])
+    return {item: sum(v) / len(v) for item, v in passed.items()}
+
+
+def summarize(rows: Sequence[dict[str, Any]], generation_s: float | None = None) -> dict[str, Any]:
+    """Suite-level numbers from reply rows (each row: item, category, reply and measure()'s
+    keys, canned set by mark_canned). tokens/s is the generated tokens over `generation_s`,
+    the wall time spent generating (samples decoded together overlap), else over the sum of
+    reply latencies."""
+    chars = [r["chars"] for r in rows]
+    per_item = item_pass_rates(rows)
+    category_of = {r["item"]: r["category"] for r in rows}
+    by_cat: dict[str, list[float]] = defaultdict(list)
+    for item, rate in per_item.items():
+        by_cat[category_of[item]].append(rate)
+    tokens = sum(r["tokens"] or 0 for r in rows)
+    gen_seconds = generation_s or sum(r["latency_s"] or 0 for r in rows)
+    latencies = [r["latency_s"] for r in rows if r["latency_s"] is not None]
+    failures = Counter(f for r in rows for f in r["failures"])
+    return {
+        "items": len(per_item),
+        "replies": len(rows),
+        "pass_rate": round(statistics.fmean(per_item.values()), 4) if per_item else 0.0,
+        "items_always_pass": sum(rate == 1 for rate in per_item.values()),
+        "items_never_pass": sum(rate == 0 for rate in per_item.values()),
+        "categories": {
+            cat: {"items": len(rates), "pass_rate": round(statistics.fmean(rates), 4)}
+            for cat, rates in sorted(by_cat.items())
+        },
+        "loop_rate": _share([r["loop"] is not None for r in rows]),
+        "runaway_rate": _share([r["runaway"] for r in rows]),
+        "invented_command_rate": _share([bool(r["invented_commands"]) for r in rows]),
+        "command_dump_rate": _share([r["command_dump"] for r in rows]),
+        "canned_rate": _share([r.get("canned", False) for r in rows]),
+        "empty_rate": _share([not r["reply"].strip() for r in rows]),
+        "failures": {f: failures[f] for f in FAILURES if failures[f]},
+        "invented_commands": dict(
+            Counter(c for r in rows for c in r["invented_commands"]).most_common()
+        ),
+        "chars": {
+            "p50": percentile(chars, 50),
+            "p90": percentile(chars, 90),
+            "max": float(max(chars, default=0)),
+            "mean": round(statistics.fmean(chars), 1) if chars else 0.0,
+        },
+        "share_80_150_chars": _share([TARGET_CHARS[0] <= c <= TARGET_CHARS[1] for c in chars]),
+        "share_one_chunk": _share([r["chunks"] == 1 for r in rows]),
+        "chunks": {str(k): v for k, v in sorted(Counter(r["chunks"] for r in rows).items())},
+        "latency_s": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90)},
+        "tokens": tokens,
+        "generation_s": round(gen_seconds, 1),
+        "tokens_per_s": round(tokens / gen_seconds, 1) if gen_seconds else None,
+    }

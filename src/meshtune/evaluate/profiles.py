@@ -1,0 +1,161 @@
+"""Profiles: what the request to the model looks like.
+
+- meshmaster (default): the user turn is the one prompt string Mesh Master sends (its config's
+  system text, `Context:` lines, `Question: ...`, `Answer:`), with the options it sends.
+- modelfile: the plain chat (as `ollama run` sends it) with the Modelfile's PARAMETERs.
+- no-penalty: meshmaster with repeat_penalty 1.0; a model that avoids loops only because of
+  the penalty is not fixed.
+- greedy: meshmaster with temperature 0, for deterministic comparisons (one sample per item).
+
+Options use Ollama's names everywhere (num_predict, temperature, top_p, top_k,
+repeat_penalty); each backend translates them.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshtune import meshmaster
+from meshtune.errors import MeshtuneError
+from meshtune.evaluate.suite import Item
+
+PROFILES = ("meshmaster", "modelfile", "no-penalty", "greedy")
+
+# The v2 guide's Modelfile PARAMETERs, used for the modelfile profile when the model brings no
+# Modelfile and no recipe `ollama:` block. num_predict -1 (Ollama: unlimited) is capped at
+# UNLIMITED_CAP tokens here so a runaway still ends.
+GUIDE_MODELFILE_OPTIONS = {
+    "temperature": 0.5,
+    "repeat_penalty": 1.15,
+    "num_predict": 200,
+    "top_p": 0.85,
+    "top_k": 30,
+}
+UNLIMITED_CAP = 512
+SAMPLING_KEYS = ("num_predict", "temperature", "top_p", "top_k", "repeat_penalty", "min_p")
+
+# Mesh Master writes history as `<shortname>: <text>` lines; these stand in for the user's
+# node and the bot's node in multi-turn suite items.
+USER_NAME = "USR"
+BOT_NAME = "BOT"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    options: dict[str, Any]  # Ollama option names
+    mesh_master_prompt: bool  # wrap the chat into Mesh Master's single prompt string
+    from_modelfile: bool = False  # options are the served model's own (Ollama: send none)
+
+    @property
+    def sampled(self) -> bool:
+        return self.options.get("temperature", 0.8) > 0
+
+    @property
+    def num_predict(self) -> int:
+        n = int(self.options.get("num_predict", -1))
+        return n if n > 0 else UNLIMITED_CAP
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call to the model: the system text, the chat turns (last is the user's) and the
+    options."""
+
+    system: str
+    turns: list[dict[str, str]]
+    profile: Profile
+    own_system: bool = False  # the suite item brought its own system turn
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn: for meshmaster, exactly the prompt string the bot sends."""
+        return self.turns[-1]["content"]
+
+
+def get_profile(name: str, modelfile_options: dict[str, Any] | None = None) -> Profile:
+    base = dict(meshmaster.OPTIONS)
+    if name == "meshmaster":
+        return Profile(name, base, True)
+    if name == "no-penalty":
+        return Profile(name, {**base, "repeat_penalty": 1.0}, True)
+    if name == "greedy":
+        return Profile(name, {**base, "temperature": 0.0}, True)
+    if name == "modelfile":
+        options = modelfile_options if modelfile_options is not None else GUIDE_MODELFILE_OPTIONS
+        return Profile(name, dict(options), False, from_modelfile=True)
+    raise MeshtuneError(f"unknown profile '{name}'; use one of {', '.join(PROFILES)}")
+
+
+def build_request(item: Item, profile: Profile, system_prompt: str) -> Request:
+    """The request for one suite item, as the deployed model receives it.
+
+    The system message is the deployment system prompt (the Modelfile's SYSTEM), unless the
+    item brings its own system turn. Under Mesh Master's profiles, earlier turns become
+    `Context:` lines and the user turn is meshmaster.build_prompt's string.
+    """
+    turns = item.turns
+    own_system = turns[0].role == "system"
+    if own_system:
+        system_prompt, turns = turns[0].content, turns[1:]
+    if profile.mesh_master_prompt:
+        names = {"user": USER_NAME, "assistant": BOT_NAME}
+        context = [f"{names[t.role]}: {t.content}" for t in turns[:-1]]
+        chat = [{"role": "user", "content": meshmaster.build_prompt(turns[-1].content, context)}]
+    else:
+        chat = [{"role": t.role, "content": t.content} for t in turns]
+    return Request(system_prompt, chat, profile, own_system)
+
+
+def parse_modelfile(path: Path) -> dict[str, Any]:
+    """The sampling PARAMETERs of an Ollama Modelfile (others, such as stop, are ignored)."""
+    from meshtune import modelfile
+
+    options: dict[str, Any] = {}
+    for c in modelfile.read(path).parameters:
+        if c.name in SAMPLING_KEYS:
+            try:
+                value = float(c.args)
+            except ValueError as e:
+                raise MeshtuneError(
+                    f"{path}:{c.line}: PARAMETER {c.name} {c.args!r} is not a number; fix it"
+                ) from e
+            options[c.name] = int(value) if c.name in ("num_predict", "top_k") else value
+    return options
+
+
+def modelfile_system(folder: Path) -> str | None:
+    """The SYSTEM of the Modelfile in `folder`, if there is one."""
+    from meshtune import modelfile
+
+    if not (folder / "Modelfile").is_file():
+        return None
+    system = modelfile.read(folder / "Modelfile").first("system")
+    return system.args if system else None
+
+
+def modelfile_options(folder: Path | None) -> dict[str, Any] | None:
+    """A run's (or a GGUF's folder's) Modelfile PARAMETERs, else its recipe's `ollama:` keys;
+    None when neither exists (the guide's values are used)."""
+    if folder is None:
+        return None
+    if (folder / "Modelfile").is_file():
+        return {**GUIDE_MODELFILE_OPTIONS, **parse_modelfile(folder / "Modelfile")}
+    recipe = folder / "recipe.yaml"
+    if recipe.is_file():
+        try:
+            raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise MeshtuneError(f"{recipe}: not valid YAML; fix the syntax") from e
+        ollama = raw.get("ollama") if isinstance(raw, dict) else None
+        if isinstance(ollama, dict):
+            picked = {k: v for k, v in ollama.items() if k in SAMPLING_KEYS}
+            return {**GUIDE_MODELFILE_OPTIONS, **picked}
+    return None

@@ -1,0 +1,149 @@
+"""Evaluation suites: JSONL files of prompts and the checks every reply must pass.
+
+One JSON object per line (see DESIGN.md):
+    {"id": "relay-01", "category": "relay", "prompt": "How do I relay to alice?",
+     "expect_any": ["alice"], "expect_all": [], "forbid": ["/relay"], "max_chars": 200}
+`prompt` may be replaced by `messages` (a chat so far, ending with the user's turn). String
+checks are case-insensitive substring matches. Unknown keys are errors, so a typo such as
+`forbidd` cannot silently pass.
+
+Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
+`mesh` (the repository's data/eval/mesh_eval.jsonl).
+"""
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meshtune.errors import MeshtuneError
+
+DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BUILTIN = {
+    "quick": "meshtune/assets/quick_eval.jsonl",
+    "mesh": "data/eval/mesh_eval.jsonl",
+}
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class Item(BaseModel):
+    """One suite line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1)
+    category: str = "general"
+    prompt: str | None = Field(default=None, min_length=1)
+    messages: tuple[Turn, ...] | None = None
+    expect_any: tuple[str, ...] = ()
+    expect_all: tuple[str, ...] = ()
+    forbid: tuple[str, ...] = ()
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "Item":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` and `messages`")
+        if self.messages is not None:
+            if not self.messages or self.messages[-1].role != "user":
+                raise ValueError("`messages` must end with a user turn")
+            if any(m.role == "system" for m in self.messages[1:]):
+                raise ValueError("a system turn may only come first in `messages`")
+        return self
+
+    @property
+    def turns(self) -> list[Turn]:
+        """The chat so far, ending with the user's question."""
+        return list(self.messages) if self.messages else [Turn(role="user", content=self.prompt)]
+
+    @property
+    def question(self) -> str:
+        return self.turns[-1].content
+
+
+@dataclass(frozen=True, slots=True)
+class Suite:
+    name: str  # the built-in name or the file's stem
+    path: str
+    items: list[Item]
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({i.category for i in self.items})
+
+
+def suite_path(name_or_path: str) -> tuple[str, Path]:
+    """A built-in suite name or a file path -> (display name, path)."""
+    if name_or_path in BUILTIN:
+        rel = BUILTIN[name_or_path]
+        if rel.startswith("meshtune/"):
+            path = Path(str(resources.files("meshtune").joinpath(rel.removeprefix("meshtune/"))))
+        else:
+            path = REPO_ROOT / rel
+        if not path.is_file():
+            raise MeshtuneError(
+                f"{path}: the built-in suite '{name_or_path}' is missing; run from a meshtune "
+                "checkout or pass the suite file's path"
+            )
+        return name_or_path, path
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        names = ", ".join(BUILTIN)
+        raise MeshtuneError(
+            f"{name_or_path}: no such suite file and not a built-in suite ({names}); check the path"
+        )
+    return path.stem, path
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Read and validate a suite; the first bad line is a `file:line:` error."""
+    name, path = suite_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise MeshtuneError(f"{path}: invalid UTF-8 at byte {e.start}; re-save as UTF-8") from e
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check the path") from e
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = parse_item(line, f"{path}:{lineno}")
+        if item.id in seen:
+            raise MeshtuneError(
+                f"{path}:{lineno}: id '{item.id}' already used on line {seen[item.id]}; "
+                "give every item its own id"
+            )
+        seen[item.id] = lineno
+        items.append(item)
+    if not items:
+        raise MeshtuneError(f"{path}: no items; add one JSON object per line")
+    return Suite(name, str(path), items)
+
+
+def parse_item(line: str, where: str) -> Item:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MeshtuneError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix it") from e
+    if not isinstance(raw, dict):
+        raise MeshtuneError(f"{where}: not a JSON object; write one object per line")
+    try:
+        return Item.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(Item.model_fields)
+            raise MeshtuneError(f"{where}: unknown key '{field}'; the keys are {known}") from e
+        what = f"'{field}': {err['msg']}" if field else err["msg"].removeprefix("Value error, ")
+        raise MeshtuneError(f"{where}: {what}; see the suite format in DESIGN.md") from e

@@ -1,0 +1,83 @@
+"""`meshtune run`: the whole path on one recipe, as the composition of the stages.
+
+    train (recipe -> run dir) -> export (GGUF, Modelfile, proof) -> eval (base vs tuned, the
+    `mesh` suite, Mesh Master's request, through llama.cpp)
+
+Each stage is its own command too; this module only calls them in order and reports.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshtune.errors import MeshtuneError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPE = REPO_ROOT / "recipes" / "embedded-cpu.yaml"
+
+
+def run(
+    recipe: Path = DEFAULT_RECIPE,
+    output_dir: Path | None = None,
+    overwrite: bool = False,
+    quant: str = "Q8_0",
+    samples: int = 3,
+    suite: str = "mesh",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, export and evaluate; returns what each stage measured (also in RUN/run.json)."""
+    from meshtune.evaluate import compare, evaluate
+    from meshtune.export import export
+    from meshtune.files import write_json
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, train
+
+    if not recipe.is_file():
+        raise MeshtuneError(f"{recipe}: no such recipe; run from a meshtune checkout or pass one")
+    loaded = load_recipe(recipe)
+    run_dir = output_dir or Path(loaded.recipe.output_dir)
+
+    log(f"== train: {recipe} -> {run_dir}")
+    trained = train(loaded, Options(run_dir, overwrite=overwrite), log)
+
+    log(f"== export: {quant} GGUF, Modelfile, proof")
+    exported, verification = export(run_dir, quant, progress=log)
+    for check in verification.checks:
+        log(f"   {check.status:7} {check.name}: {check.detail}")
+    if not verification.ok:
+        raise MeshtuneError(f"{run_dir}: the exported model failed verification; see above")
+
+    log(f"== eval: the {suite} suite under Mesh Master's request, through llama.cpp")
+    out = run_dir / "eval"
+    tuned = evaluate(str(run_dir), suite, backend="llamacpp", samples=samples, out=out / "tuned")
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "train": {
+            k: trained[k]
+            for k in (
+                "steps",
+                "wall_time_s",
+                "tokens_per_s",
+                "eval_loss_before",
+                "eval_loss_after",
+                "best_step",
+            )
+        },
+        "export": {"gguf": exported.gguf, "seconds": exported.seconds, "verified": verification.ok},
+        "verdict": tuned.verdict.label,
+        "ready": tuned.ready,
+    }
+    base = loaded.recipe.base_model
+    if _runs_in_llama_cpp(base):  # the baseline the training must beat
+        evaluate(base, suite, backend="llamacpp", samples=samples, out=out / "base")
+        result["comparison"] = compare(
+            str(out / "base"), str(out / "tuned"), suite, out=out
+        ).to_dict()
+    write_json(run_dir / "run.json", result)
+    return result
+
+
+def _runs_in_llama_cpp(base_model: str) -> bool:
+    from meshtune.models import EMBEDDED_ALIASES
+
+    return base_model in EMBEDDED_ALIASES or base_model.endswith(".gguf")

@@ -1,0 +1,364 @@
+"""Backends call the model the way the deployed bot does: llama.cpp in-process with the GGUF's
+own template, transformers with a run's base + best adapter, llama-cpp-python's real
+OpenAI-compatible server on loopback, and a stand-in for Ollama that checks Mesh Master's body.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from meshtune import meshmaster, models
+from meshtune.errors import MeshtuneError
+from meshtune.evaluate.backends import (
+    LlamaCppBackend,
+    OllamaBackend,
+    OpenAIBackend,
+    WindowRepeatPenalty,
+    resolve_model,
+)
+from meshtune.evaluate.profiles import Profile, build_request, get_profile
+from meshtune.evaluate.suite import Item
+
+RELAY = Item(id="relay", prompt="How do I relay to alice?")
+
+
+@pytest.fixture(scope="module")
+def llama() -> LlamaCppBackend:
+    backend = LlamaCppBackend(models.embedded_gguf(), threads=2)
+    yield backend
+    backend.close()
+
+
+def request(profile: str = "greedy", item: Item = RELAY, **options):
+    prof = get_profile(profile)
+    if options:
+        prof = Profile(prof.name, {**prof.options, **options}, prof.mesh_master_prompt)
+    return build_request(item, prof, meshmaster.DEFAULT_SYSTEM_PROMPT)
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+def test_llamacpp_renders_the_prompt_with_the_models_own_chat_template(llama):
+    """The tokens llama.cpp evaluates are the HF tokenizer's tokens of the HF chat template,
+    the same rendering training uses."""
+    from transformers import AutoTokenizer
+
+    from meshtune.chat import render
+    from meshtune.data import Message
+
+    req = request()
+    gen = llama.generate(req, seed=0)
+    seen = llama.cached[: gen.prompt_tokens]  # what sequence 0 holds in the KV cache
+    tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m").folder)
+    text = render(tok, [Message(m["role"], m["content"]) for m in req.messages], True)
+    assert seen == tok(text, add_special_tokens=False)["input_ids"]
+    assert text.startswith("<|im_start|>system\n" + meshmaster.DEFAULT_SYSTEM_PROMPT)
+
+
+def test_llamacpp_greedy_is_deterministic_and_sampling_follows_the_seed(llama):
+    assert (
+        llama.generate(request(num_predict=30), 0).text
+        == llama.generate(request(num_predict=30), 5).text
+    )
+    sampled = request("meshmaster", num_predict=30)
+    first, again = llama.generate(sampled, 1), llama.generate(sampled, 1)
+    other = llama.generate(sampled, 2)
+    assert first.text == again.text
+    assert other.text != first.text
+
+
+def test_llamacpp_reports_a_runaway_when_num_predict_is_hit(llama):
+    gen = llama.generate(request(num_predict=3), 0)
+    assert gen.finish_reason == "length" and gen.completion_tokens == 3
+    done = llama.generate(
+        request(item=Item(id="g", prompt="Reply with just the word: yes"), num_predict=80), 0
+    )
+    assert done.finish_reason == "stop" and done.completion_tokens < 80
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def tiny_run(tmp_path: Path, gguf: bool = False) -> Path:
+    """A run directory as `meshtune train` writes it: a tiny random llama base with the SmolLM2
+    tokenizer, a perturbed LoRA adapter in best/, recipe.yaml and train_summary.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m").folder)
+    base_dir = tmp_path / "base"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tok),
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    run = tmp_path / "run"
+    peft = get_peft_model(
+        LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=8, target_modules="all-linear")
+    )
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft.save_pretrained(run / "best")
+    (run / "recipe.yaml").write_text(f"base_model: {base_dir}\nollama:\n  temperature: 0.4\n")
+    summary = {
+        "base_model": str(base_dir),
+        "family": "chatml",
+        "system_prompt": "RUN SYSTEM",
+        "best_step": 3,
+        "best_adapter": "best",
+    }
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    if gguf:
+        (run / "model.gguf").symlink_to(models.embedded_gguf())
+    return run
+
+
+def test_run_dir_resolves_to_base_plus_best_adapter_with_its_system_prompt(tmp_path):
+    run = tiny_run(tmp_path)
+    spec = resolve_model(str(run))
+    assert spec.backend == "hf" and spec.adapter == run / "best"
+    assert spec.hf_name == str(tmp_path / "base") and spec.system_prompt == "RUN SYSTEM"
+    assert spec.modelfile_options["temperature"] == 0.4
+    with pytest.raises(MeshtuneError, match="meshtune export"):
+        resolve_model(str(run), "llamacpp")
+    (run / "m.gguf").symlink_to(models.embedded_gguf())
+    spec = resolve_model(str(run))
+    assert spec.backend == "llamacpp" and spec.gguf == run / "m.gguf"
+    assert resolve_model(str(run), system="X").system_prompt == "X"
+
+
+def test_hf_backend_merges_the_adapter_and_generates_under_the_profile(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from meshtune.evaluate.backends import open_backend
+
+    run = tiny_run(tmp_path)
+    backend = open_backend(resolve_model(str(run)), threads=2)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        merged = backend.model(ids).logits
+        plain = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, run / "best")(ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-2)
+    gen = backend.generate(request(num_predict=6), 0)
+    assert gen.completion_tokens <= 6 and gen.finish_reason in ("stop", "length")
+    assert gen.prompt_tokens > 100  # the system prompt and Mesh Master's prompt string
+    sampled = request("meshmaster", num_predict=6)
+    assert backend.generate(sampled, 7).text == backend.generate(sampled, 7).text
+
+
+def test_window_repeat_penalty_is_llama_cpps_over_generated_tokens_only():
+    import torch
+
+    scores = torch.tensor([[2.0, -2.0, 1.0, 4.0]])
+    prompt = torch.tensor([[3, 3]])  # token 3 only in the prompt: not penalised
+    pen = WindowRepeatPenalty(2.0, prompt_len=2, last_n=2)
+    out = pen(torch.cat([prompt, torch.tensor([[0, 1]])], 1), scores.clone())
+    assert out.tolist() == [[1.0, -4.0, 1.0, 4.0]]
+    old = pen(torch.cat([prompt, torch.tensor([[0, 1, 2, 2]])], 1), scores.clone())
+    assert old.tolist() == [[2.0, -2.0, 0.5, 4.0]]  # token 0 fell out of the 2-token window
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory):
+    """llama-cpp-python's own OpenAI-compatible server, on loopback, serving the embedded GGUF."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("wb") as sink:  # a file, not a pipe: the server's logging must never block
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(models.embedded_gguf()),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+                "--model_alias",
+                "smollm2",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama_cpp.server did not answer within 2 minutes")
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {log.read_text()[-800:]}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_openai_backend_against_llama_cpp_server_matches_in_process_llama(openai_server, llama):
+    backend = OpenAIBackend(openai_server + "/v1", "smollm2")
+    gen = backend.generate(request(num_predict=24), 0)
+    assert gen.text and gen.text == llama.generate(request(num_predict=24), 0).text
+    assert gen.prompt_tokens == len(llama.prompt_tokens(request().messages))
+    assert gen.completion_tokens and gen.prompt_tokens
+    runaway = backend.generate(request(num_predict=4), 0)
+    assert runaway.finish_reason == "length" and runaway.completion_tokens == 4
+
+
+def test_openai_backend_unreachable_server_is_a_one_line_error():
+    with pytest.raises(MeshtuneError, match="cannot connect"):
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}", "m").generate(request(), 0)
+
+
+class FakeOllama(BaseHTTPRequestHandler):
+    """A stand-in for Ollama (which cannot run here): records each request and streams a
+    reply as newline-delimited JSON chunks, the last with done and done_reason."""
+
+    requests: ClassVar[list] = []
+    reply: ClassVar[list[str]] = ["Just DM me ", "'alice <msg>'", "."]
+    done_reason = "stop"
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOllama.requests.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        key = "response" if self.path == "/api/generate" else "message"
+        for part in self.reply:
+            value = part if key == "response" else {"role": "assistant", "content": part}
+            self.wfile.write(json.dumps({key: value, "done": False}).encode() + b"\n")
+        final = {
+            key: "" if key == "response" else {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": self.done_reason,
+            "eval_count": 7,
+            "prompt_eval_count": 90,
+        }
+        self.wfile.write(json.dumps(final).encode() + b"\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_ollama():
+    FakeOllama.requests = []
+    FakeOllama.done_reason = "stop"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_ollama_backend_sends_mesh_masters_exact_body_to_a_fake_ollama(fake_ollama):
+    backend = OllamaBackend(fake_ollama, "mesh-master-bot")
+    gen = backend.generate(request("meshmaster"), seed=2)
+    path, body = FakeOllama.requests[0]
+    assert path == "/api/generate"
+    assert body == {
+        "model": "mesh-master-bot",
+        "prompt": meshmaster.build_prompt("How do I relay to alice?"),
+        "stream": True,
+        "options": {**meshmaster.OPTIONS, "seed": 2},
+    }
+    assert gen.text == "Just DM me 'alice <msg>'." and gen.finish_reason == "stop"
+    assert gen.completion_tokens == 7 and gen.prompt_tokens == 90
+
+
+def test_fake_ollama_done_reason_length_is_a_runaway(fake_ollama):
+    FakeOllama.done_reason = "length"
+    gen = OllamaBackend(fake_ollama, "m").generate(request("no-penalty"), 0)
+    assert gen.finish_reason == "length"
+    assert FakeOllama.requests[0][1]["options"]["repeat_penalty"] == 1.0
+
+
+def test_fake_ollama_modelfile_profile_sends_only_the_seed_and_chats_for_multi_turn(fake_ollama):
+    item = Item(
+        id="m",
+        messages=[
+            {"role": "user", "content": "whats snr"},
+            {"role": "assistant", "content": "Signal to noise."},
+            {"role": "user", "content": "good value?"},
+        ],
+    )
+    OllamaBackend(fake_ollama, "m").generate(build_request(item, get_profile("modelfile"), "S"), 4)
+    path, body = FakeOllama.requests[0]
+    assert path == "/api/chat" and body["options"] == {"seed": 4}
+    assert [m["content"] for m in body["messages"]] == [
+        "whats snr",
+        "Signal to noise.",
+        "good value?",
+    ]
+
+
+def test_served_model_names_need_a_served_backend():
+    with pytest.raises(MeshtuneError, match="--backend ollama"):
+        resolve_model("mesh-master-bot-v2")
+    assert resolve_model("mesh-master-bot-v2", "ollama").backend == "ollama"
+    with pytest.raises(MeshtuneError, match="unknown backend"):
+        resolve_model("smollm2-135m", "vllm")
+
+
+def test_embedded_name_and_gguf_default_to_llamacpp(tmp_path):
+    spec = resolve_model("smollm2-135m")
+    assert spec.backend == "llamacpp" and spec.system_prompt == meshmaster.DEFAULT_SYSTEM_PROMPT
+    gguf = tmp_path / "m.gguf"
+    gguf.symlink_to(models.embedded_gguf())
+    assert resolve_model(str(gguf)).gguf == gguf
+
+
+def test_a_modelfile_beside_the_gguf_gives_its_system_and_parameters(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.symlink_to(models.embedded_gguf())
+    (tmp_path / "Modelfile").write_text(
+        'FROM ./m.gguf\nSYSTEM """You relay.\nBe brief."""\nPARAMETER temperature 0.3\n'
+    )
+    spec = resolve_model(str(gguf))
+    assert spec.system_prompt == "You relay.\nBe brief."
+    assert spec.modelfile_options["temperature"] == 0.3
+    assert resolve_model(str(gguf), system="S").system_prompt == "S"

@@ -1,0 +1,175 @@
+"""`meshtune eval` end to end through the real entry point, on the embedded model through
+llama.cpp: the verdict and exit code, the report files, gate overrides, compare, errors."""
+
+import json
+
+import pytest
+from tests.conftest import rows_file
+
+from meshtune import models
+from meshtune.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """The untuned embedded model on the quick suite, greedy (one reply per prompt)."""
+    out = tmp_path_factory.mktemp("quick")
+    result = evaluate("smollm2-135m", "quick", profile="greedy", out=out, threads=2)
+    return out, result
+
+
+def test_untuned_model_is_not_ready_and_the_report_says_why(quick_report):
+    out, result = quick_report
+    assert not result.ready
+    s = json.loads((out / "summary.json").read_text())
+    assert s["gate"]["verdict"] == "NOT READY" and s["samples"] == 1 and s["items"] == 4
+    assert s["backend"] == "llamacpp" and s["profile"] == "greedy"
+    assert s["options"]["temperature"] == 0
+    rows = [json.loads(line) for line in (out / "replies.jsonl").read_text().splitlines()]
+    assert [r["item"] for r in rows] == ["quick-relay", "quick-greeting", "quick-snr", "quick-joke"]
+    for r in rows:
+        assert {
+            "reply",
+            "chars",
+            "bytes",
+            "chunks",
+            "runaway",
+            "loop",
+            "invented_commands",
+            "command_dump",
+            "passed",
+            "failures",
+            "latency_s",
+            "tokens_per_s",
+            "canned",
+        } <= set(r)
+    md = (out / "report.md").read_text()
+    assert "NOT READY" in md and "| item pass rate |" in md and "quick-relay" in md
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 2 and "<img" not in html and "http" not in html.split("<svg")[0]
+    assert "NOT READY" in html
+
+
+def test_cli_exit_code_is_1_for_not_ready_with_failing_criteria_and_examples(cli, tmp_path):
+    suite = rows_file(
+        tmp_path,
+        [
+            {
+                "id": "relay",
+                "prompt": "How do I relay to alice?",
+                "expect_any": ["alice"],
+                "forbid": ["/relay"],
+            }
+        ],
+        "one.jsonl",
+    )
+    r = cli(
+        "eval",
+        "smollm2-135m",
+        "--suite",
+        suite,
+        "--profile",
+        "greedy",
+        "--out",
+        tmp_path / "r",
+        "--threads",
+        "2",
+    )
+    assert r.code == 1, r.err
+    assert "NOT READY" in r.out and "FAIL" in r.out and "for example:" in r.out
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_cli_gate_override_can_make_it_ready(cli, tmp_path):
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(
+        "".join(
+            f"{k}: null\n"
+            for k in (
+                "max_loop_rate",
+                "max_runaway_rate",
+                "max_invented_command_rate",
+                "max_command_dump_rate",
+                "max_canned_rate",
+                "max_p90_chars",
+                "median_chars",
+                "min_pass_rate",
+            )
+        )
+    )
+    suite = rows_file(tmp_path, [{"id": "a", "prompt": "Say hi"}], "one.jsonl")
+    r = cli(
+        "eval",
+        "smollm2-135m",
+        "--suite",
+        suite,
+        "--profile",
+        "greedy",
+        "--gate",
+        gate,
+        "--out",
+        tmp_path / "r",
+    )
+    assert r.code == 0, r.out + r.err
+    assert r.out.rstrip().splitlines()[-2] == "READY"
+
+
+def test_compare_two_report_folders(cli, quick_report, tmp_path):
+    out, _ = quick_report
+    r = cli("eval", "--compare", out, out, "--out", tmp_path / "c")
+    assert r.code == 1  # B (the same untuned model) is not ready
+    assert "| item pass rate |" in r.out and "Improved items (0)" in r.out
+    data = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert data["regressed"] == [] and all(c["delta"] == 0 for c in data["categories"])
+
+
+def test_compare_lists_improved_and_regressed_items(quick_report, tmp_path):
+    from meshtune.evaluate import compare, load_result
+    from meshtune.evaluate.report import write_report
+
+    out, _ = quick_report
+    for name, fixed, broken in (
+        ("a", "quick-joke", "quick-relay"),
+        ("b", "quick-relay", "quick-joke"),
+    ):
+        result = load_result(out)
+        for row in result.rows:
+            if row["item"] in (fixed, broken):
+                row["passed"] = row["item"] == fixed
+        write_report(tmp_path / name, result)
+    comp = compare(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert [e["item"] for e in comp.improved] == ["quick-relay"]
+    assert [e["item"] for e in comp.regressed] == ["quick-joke"]
+    assert comp.improved[0]["a"] == 0 and comp.improved[0]["b"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["smollm2-135m", "--suite", "BAD"], "bad.jsonl:2: unknown key 'promt'"),
+        (["smollm2-135m", "--suite", "quick", "--profile", "fast"], "unknown profile 'fast'"),
+        (["smollm2-135m", "--suite", "quick", "--samples", "0"], "--samples 0"),
+        (["not-a-model", "--suite", "quick"], "--backend ollama|openai"),
+        (["--suite", "quick"], "give MODEL"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_exit_2(cli, tmp_path, args, message):
+    bad = rows_file(tmp_path, [{"id": "a", "prompt": "hi"}, {"id": "b", "promt": "x"}], "bad.jsonl")
+    r = cli("eval", *[str(bad) if a == "BAD" else a for a in args], "--out", tmp_path / "o")
+    assert r.code == 2
+    assert r.err.startswith("error: ") and message in r.err and len(r.err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_dir_with_gguf_is_evaluated_through_llamacpp_with_the_runs_system_prompt(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_summary.json").write_text(
+        json.dumps({"base_model": "smollm2-135m", "system_prompt": "You are a terse mesh bot."})
+    )
+    (run / "model.gguf").symlink_to(models.embedded_gguf())
+    suite = rows_file(tmp_path, [{"id": "a", "prompt": "Say hi"}], "one.jsonl")
+    result = evaluate(str(run), str(suite), profile="greedy", out=run / "eval" / "x")
+    assert result.summary["backend"] == "llamacpp"
+    assert result.summary["system_prompt"] == "You are a terse mesh bot."
+    assert (run / "eval" / "x" / "report.md").is_file()

@@ -1,0 +1,194 @@
+"""Every per-reply detector fires on a hand-written bad reply and stays quiet on a clean one;
+suite-level numbers are computed from reply rows as documented."""
+
+import pytest
+
+from meshtune.commands import load_registry
+from meshtune.evaluate import metrics
+from meshtune.evaluate.suite import Item
+
+REG = load_registry()
+V1_LOOP = " ".join(["/optout prevents others from relaying to you."] * 6)
+CLEAN = (
+    "To relay, DM me 'alice <your message>' and I'll pass it on. Her reply comes back to you "
+    "automatically. Use /optout if you'd rather not get relays."
+)
+ITEM = Item(
+    id="relay-01",
+    category="relay",
+    prompt="How do I relay to alice?",
+    expect_any=["alice"],
+    forbid=["/relay"],
+)
+
+
+def measure(text: str, finish: str = "stop", item: Item = ITEM) -> dict:
+    return metrics.measure(text, finish, item, REG, completion_tokens=30, seconds=0.5)
+
+
+def test_clean_reply_is_about_150_chars_and_passes_every_check():
+    assert 120 <= len(CLEAN) <= 160
+    m = measure(CLEAN)
+    assert m["passed"] and m["failures"] == []
+    assert m["loop"] is None and not m["runaway"] and not m["command_dump"]
+    assert m["invented_commands"] == []
+    assert m["chars"] == len(CLEAN) and m["bytes"] == len(CLEAN.encode()) and m["chunks"] == 1
+    assert m["tokens_per_s"] == 60.0
+
+
+def test_v1_optout_loop_is_detected():
+    reason = metrics.loop_reason(V1_LOOP)
+    assert reason is not None and "optout prevents others" in reason
+    m = measure("To stop relays: " + V1_LOOP, item=Item(id="x", prompt="how do i stop relays"))
+    assert "loop" in m["failures"] and not m["passed"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        CLEAN,
+        "Yep, still here! What can I help with?",
+        "Good SNR on LongFast is anything above 0 dB; it still decodes down to about -17.5 dB.",
+        # one repeated 4-word phrase twice is normal speech, not a loop
+        "Send it to the node. If it fails, send it to the node again after a minute or two.",
+        "Commands:\n/nodes lists nodes heard\n/node <name> shows one\n/help shows more",
+        "",
+    ],
+)
+def test_loop_detector_stays_quiet_on_normal_replies(reply):
+    assert metrics.loop_reason(reply) is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "rule"),
+    [
+        (
+            "Check your antenna now. Also check your antenna now, then check your antenna now.",
+            "phrase",
+        ),
+        ("Try /reset please.\nok\nTry /reset please.", "line"),
+        ("The mesh is quiet tonight. Try later. The mesh is quiet tonight.", "sentence"),
+        ("Sure!" + "!!!!!!!!" * 4, "back to back"),
+    ],
+)
+def test_each_loop_rule_fires_on_its_own_pattern(reply, rule):
+    reason = metrics.loop_reason(reply)
+    assert reason is not None and rule in reason
+
+
+def test_runaway_is_a_reply_that_hit_the_token_limit():
+    m = measure("alice is a node and the mesh relays her messages through", finish="length")
+    assert m["runaway"] and m["failures"] == ["runaway"]
+    assert not measure("alice is a node", finish="stop")["runaway"]
+
+
+def test_invented_and_non_working_commands_are_flagged_real_ones_are_not():
+    m = measure("DM me 'alice hi', or try /relayto alice and /sms.")
+    assert m["invented_commands"] == ["/relayto", "/sms"]
+    assert "invented-command" in m["failures"]
+    assert measure("Use /nodes to see alice, then DM me 'alice hi'.")["invented_commands"] == []
+
+
+def test_a_list_of_commands_is_a_dump_an_explanation_is_not():
+    dump = "/help\n/nodes\n/node <name>\n/optout\n/optin\n/weather"
+    m = measure(dump, item=Item(id="x", prompt="what can you do"))
+    assert m["command_dump"] and m["failures"] == ["command-dump"]
+    assert not measure("DM me 'alice hi'. /nodes shows who is around.")["command_dump"]
+
+
+def test_expect_any_expect_all_forbid_and_max_chars():
+    item = Item(
+        id="x",
+        prompt="q",
+        expect_any=["dB", "decibel"],
+        expect_all=["snr", "longfast"],
+        forbid=["/relay"],
+        max_chars=60,
+    )
+    m = metrics.measure("SNR on LongFast: above 0 DB is great.", "stop", item, REG)
+    assert m["passed"]
+    m = metrics.measure("LongFast is fine. Use /relay bob.", "stop", item, REG)
+    assert m["failures"] == [
+        "invented-command",
+        "missing-expected",
+        "missing-required",
+        "forbidden",
+    ]
+    assert m["missing_all"] == ["snr"] and m["forbidden"] == ["/relay"]
+    long = "SNR on LongFast above 0 dB is great, and it is still fine down to about -17 dB."
+    assert metrics.measure(long, "stop", item, REG)["failures"] == ["too-long"]
+
+
+def test_empty_reply_fails():
+    assert measure("   ")["failures"] == ["empty", "missing-expected"]
+
+
+def test_chunks_count_utf8_bytes():
+    m = measure("é" * 100 + " alice")
+    assert m["chars"] == 106 and m["bytes"] == 206 and m["chunks"] == 2
+
+
+def _row(
+    item: str, reply: str, passed: bool, category: str = "c", chars: int | None = None, **kw
+) -> dict:
+    base = measure(reply)
+    return {
+        **base,
+        "item": item,
+        "category": category,
+        "sample": 0,
+        "question": item,
+        "reply": reply,
+        "passed": passed,
+        "chars": chars if chars is not None else len(reply),
+        **kw,
+    }
+
+
+def test_canned_reply_is_the_same_text_for_three_different_items():
+    rows = [_row(f"i{n}", "I can help with that!", True) for n in range(3)]
+    rows += [_row("i0", "i can help with THAT", True), _row("i4", "Something else.", True)]
+    rows += [_row("i5", "Two items only.", True), _row("i6", "two items only", True)]
+    metrics.mark_canned(rows)
+    assert [r["canned"] for r in rows] == [True, True, True, True, False, False, False]
+
+
+def test_suite_pass_rate_is_the_mean_of_item_pass_rates_per_category():
+    rows = [
+        _row("a", "x", True, "relay"),
+        _row("a", "x", True, "relay"),
+        _row("a", "x", False, "relay"),
+        _row("b", "y", False, "relay"),
+        _row("c", "z", True, "radio"),
+    ]
+    metrics.mark_canned(rows)
+    s = metrics.summarize(rows)
+    assert s["categories"]["relay"] == {"items": 2, "pass_rate": round((2 / 3 + 0) / 2, 4)}
+    assert s["categories"]["radio"]["pass_rate"] == 1.0
+    assert s["pass_rate"] == round((2 / 3 + 0 + 1) / 3, 4)
+    assert s["items_always_pass"] == 1 and s["items_never_pass"] == 1
+
+
+def test_length_distribution_and_shares():
+    lengths = [10, 85, 100, 120, 150, 151, 200, 300, 90, 95]
+    rows = [_row(f"i{n}", "x" * c, True) for n, c in enumerate(lengths)]
+    metrics.mark_canned(rows)
+    s = metrics.summarize(rows)
+    assert s["chars"]["max"] == 300
+    assert s["chars"]["p50"] == sorted(lengths)[round(0.5 * 9)]
+    assert s["chars"]["p90"] == 200
+    assert s["share_80_150_chars"] == 0.6
+    assert s["share_one_chunk"] == 0.8  # 200 and 300 characters need two chunks
+
+
+def test_rates_count_replies():
+    rows = [
+        _row("a", V1_LOOP, False),
+        _row("b", CLEAN, True),
+        _row("c", CLEAN + " /sms", False),
+        _row("d", "cut off", False, runaway=True),
+    ]
+    metrics.mark_canned(rows)
+    s = metrics.summarize(rows)
+    assert s["loop_rate"] == 0.25 and s["invented_command_rate"] == 0.25
+    assert s["runaway_rate"] == 0.25 and s["invented_commands"] == {"/sms": 1}
