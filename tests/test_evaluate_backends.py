@@ -58,7 +58,7 @@ def test_llamacpp_renders_the_prompt_with_the_models_own_chat_template(llama):
 
     req = request()
     gen = llama.generate(req, seed=0)
-    seen = llama.cached[: gen.prompt_tokens]  # what sequence 0 holds in the KV cache
+    seen = llama.lanes[0].cached[: gen.prompt_tokens]  # what the KV cache holds
     tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m").folder)
     text = render(tok, [Message(m["role"], m["content"]) for m in req.messages], True)
     assert seen == tok(text, add_special_tokens=False)["input_ids"]

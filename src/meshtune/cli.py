@@ -251,7 +251,10 @@ def eval_cmd(
     ] = None,
     url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (in-process).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
+    ] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY

@@ -10,8 +10,10 @@ A suite (suite.py) is turned into requests by a profile (profiles.py), sent thro
 """
 
 import json
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,10 +23,16 @@ from typing import Any
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
-from meshtune.evaluate.backends import Backend, ModelSpec, open_backend, resolve_model
+from meshtune.evaluate.backends import (
+    Backend,
+    Generation,
+    ModelSpec,
+    open_backend,
+    resolve_model,
+)
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
 from meshtune.evaluate.profiles import build_request, get_profile
-from meshtune.evaluate.suite import Suite, load_suite
+from meshtune.evaluate.suite import Item, Suite, load_suite
 
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result"]
 
@@ -109,35 +117,56 @@ def _run(
     registry: Registry,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
-    rows = []
-    for done, item in enumerate(suite.items, start=1):
-        request = build_request(item, prof, spec.system_prompt)
-        seeds = [seed + s for s in range(samples)]
-        batch = getattr(engine, "generate_batch", None)  # llama.cpp decodes samples together
-        gens = batch(request, seeds) if batch else [engine.generate(request, x) for x in seeds]
-        for s, gen in enumerate(gens):
-            rows.append(
-                {
-                    "item": item.id,
-                    "category": item.category,
-                    "sample": s,
-                    "seed": seed + s,
-                    "question": item.question,
-                    "reply": gen.text,
-                    **metrics.measure(
-                        gen.text,
-                        gen.finish_reason,
-                        item,
-                        registry,
-                        gen.completion_tokens,
-                        gen.seconds,
-                    ),
-                    "prompt_tokens": gen.prompt_tokens,
-                }
-            )
-        if progress:
-            progress(done, len(suite.items))
-    return rows
+    """Every item's replies, in suite order. A llama.cpp backend with several lanes runs
+    items k, k+n, k+2n, ... on lane k (a fixed split, so a run is reproducible); the other
+    backends send one request at a time, as the bot does."""
+    seeds = [seed + s for s in range(samples)]
+    lanes = len(getattr(engine, "lanes", [None]))
+    results: dict[int, list[dict[str, Any]]] = {}
+    lock, failed = threading.Lock(), threading.Event()
+
+    def run_lane(k: int) -> None:
+        for i in range(k, len(suite.items), lanes):
+            if failed.is_set():  # another lane hit an error: stop early
+                return
+            item = suite.items[i]
+            request = build_request(item, prof, spec.system_prompt)
+            try:
+                if hasattr(engine, "generate_batch"):  # llama.cpp: samples decoded together
+                    gens = engine.generate_batch(request, seeds, lane=k)
+                else:
+                    gens = [engine.generate(request, x) for x in seeds]
+            except BaseException:
+                failed.set()
+                raise
+            rows = [_row(item, s, seed + s, gen, registry) for s, gen in enumerate(gens)]
+            with lock:
+                results[i] = rows
+                if progress:
+                    progress(len(results), len(suite.items))
+
+    if lanes == 1:
+        run_lane(0)
+    else:
+        with ThreadPoolExecutor(lanes) as pool:  # llama.cpp releases the GIL while decoding
+            for future in [pool.submit(run_lane, k) for k in range(lanes)]:
+                future.result()
+    return [row for i in range(len(suite.items)) for row in results[i]]
+
+
+def _row(item: Item, sample: int, seed: int, gen: Generation, registry: Registry) -> dict:
+    return {
+        "item": item.id,
+        "category": item.category,
+        "sample": sample,
+        "seed": seed,
+        "question": item.question,
+        "reply": gen.text,
+        **metrics.measure(
+            gen.text, gen.finish_reason, item, registry, gen.completion_tokens, gen.seconds
+        ),
+        "prompt_tokens": gen.prompt_tokens,
+    }
 
 
 def _run_info(
