@@ -339,7 +339,10 @@ def test_fake_ollama_modelfile_profile_sends_only_the_seed_and_chats_for_multi_t
 def test_served_model_names_need_a_served_backend():
     with pytest.raises(MeshtuneError, match="--backend ollama"):
         resolve_model("mesh-master-bot-v2")
-    assert resolve_model("mesh-master-bot-v2", "ollama").backend == "ollama"
+    served = resolve_model("mesh-master-bot-v2", "ollama")
+    assert served.backend == "ollama" and served.system_prompt == ""  # the Modelfile's applies
+    with pytest.raises(MeshtuneError, match="--system has no effect"):
+        resolve_model("mesh-master-bot-v2", "ollama", system="S")
     with pytest.raises(MeshtuneError, match="unknown backend"):
         resolve_model("smollm2-135m", "vllm")
 

@@ -25,7 +25,6 @@ from meshtune.errors import MeshtuneError
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
 
 BACKENDS = ("hf", "llamacpp", "openai", "ollama")
-SERVED = ("openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
 TIMEOUT_S = 120  # Mesh Master's ollama_timeout
 REPEAT_LAST_N = 64  # Ollama's and llama.cpp's default look-back of repeat_penalty
@@ -74,7 +73,15 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
     path = Path(model).expanduser()
     run = path if (path / "train_summary.json").is_file() else None
     deploy_system = system if system is not None else _run_system_prompt(run)
-    if backend in SERVED:
+    if backend == "ollama":
+        # Ollama adds the served model's Modelfile SYSTEM itself; Mesh Master sends none.
+        if system is not None:
+            raise MeshtuneError(
+                "--system has no effect with --backend ollama: the served model's Modelfile "
+                "SYSTEM applies; drop --system"
+            )
+        return ModelSpec(model, model, backend, "")
+    if backend == "openai":
         return ModelSpec(model, model, backend, deploy_system)
     if run is not None:
         return _run_spec(model, run, backend, deploy_system)
