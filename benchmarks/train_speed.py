@@ -68,7 +68,7 @@ def meshtune_loop(model, examples: list[chat.Encoded], seq_len: int) -> int:
         loss.backward()
         opt.step()
         opt.zero_grad()
-        seen += len(batch.input_ids)
+        seen += batch.tokens
     return seen
 
 

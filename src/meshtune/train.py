@@ -63,11 +63,25 @@ def encode_all(
     ]
 
 
+def shared_len(root: chat.Encoded, e: chat.Encoded) -> int:
+    """How many leading tokens `e` can take from the row's first conversation instead of
+    computing them again: their common prefix (the system prompt block every row renders), cut
+    before `e`'s first trained target. Keys and values at those positions are the same in both
+    conversations, since attention is causal."""
+    first_trained = next(i for i, label in enumerate(e.labels) if label != chat.IGNORE)
+    limit = min(len(root.input_ids), first_trained - 1)
+    n = 0
+    while n < limit and root.input_ids[n] == e.input_ids[n]:
+        n += 1
+    return n
+
+
 def pack(
     examples: Sequence[chat.Encoded], seq_len: int, packing: bool, seed: int | None
 ) -> list[list[chat.Encoded]]:
-    """Rows of at most `seq_len` tokens. Shuffled by `seed` (None: file order), then filled in
-    order, so each epoch sees a different but reproducible arrangement."""
+    """Rows of at most `seq_len` computed tokens: a row's first conversation in full, each later
+    one without the prefix it shares with the first. Shuffled by `seed` (None: file order),
+    then filled in order, so each epoch sees a different but reproducible arrangement."""
     order = list(examples)
     if seed is not None:
         random.Random(seed).shuffle(order)
@@ -76,11 +90,12 @@ def pack(
     rows: list[list[chat.Encoded]] = []
     used = seq_len + 1
     for e in order:
-        if used + len(e.input_ids) > seq_len:
+        cost = len(e.input_ids) - shared_len(rows[-1][0], e) if rows else len(e.input_ids)
+        if used + cost > seq_len:
             rows.append([])
-            used = 0
+            used, cost = 0, len(e.input_ids)
         rows[-1].append(e)
-        used += len(e.input_ids)
+        used += cost
     return rows
 
 
@@ -91,6 +106,10 @@ class Batch:
     input_ids: list[int]
     position_ids: list[int]
     targets: list[int]  # the label of the next token in the same conversation, else IGNORE
+    # (start, end, root, shared): tokens [start, end) attend to the `shared` tokens from `root`
+    # (their row's first conversation), then causally to themselves
+    segments: list[tuple[int, int, int, int]]
+    tokens: int  # conversation tokens represented, shared prefixes counted in each conversation
 
     @property
     def trained(self) -> int:
@@ -98,12 +117,17 @@ class Batch:
 
 
 def flatten(rows: Sequence[Sequence[chat.Encoded]]) -> Batch:
-    batch = Batch([], [], [])
+    batch = Batch([], [], [], [], 0)
     for row in rows:
-        for e in row:
-            batch.input_ids += e.input_ids
-            batch.position_ids += range(len(e.input_ids))
-            batch.targets += [*e.labels[1:], chat.IGNORE]
+        root = len(batch.input_ids)
+        for i, e in enumerate(row):
+            shared = shared_len(row[0], e) if i else 0
+            start = len(batch.input_ids)
+            batch.input_ids += e.input_ids[shared:]
+            batch.position_ids += range(shared, len(e.input_ids))
+            batch.targets += [*e.labels[shared + 1 :], chat.IGNORE]
+            batch.segments.append((start, len(batch.input_ids), root, shared))
+            batch.tokens += len(e.input_ids)
     return batch
 
 
@@ -127,6 +151,7 @@ class Plan:
     trained_tokens: int
     truncated: int
     packed_rows: int
+    computed_tokens: int  # per epoch, each row's shared prefix counted once
     eval_rows: int
     micro_batches_per_epoch: int
     world_size: int
@@ -153,7 +178,9 @@ class Plan:
             f"{self.eval_conversations} eval",
             f"tokens            {self.tokens:,} train tokens, {self.trained_tokens:,} trained "
             f"({self.trained_fraction:.1%}), {self.truncated} truncated examples",
-            f"packed rows       {self.packed_rows} train rows, {self.eval_rows} eval rows",
+            f"packed rows       {self.packed_rows} train rows, {self.eval_rows} eval rows; "
+            f"{self.computed_tokens:,} tokens computed per epoch "
+            f"({1 - self.computed_tokens / max(1, self.tokens):.0%} shared prefixes saved)",
             f"optimizer steps   {self.steps_per_epoch} per epoch, {self.total_steps} in total "
             f"({self.micro_batches_per_epoch} micro batches per epoch, "
             f"{self.world_size} process(es))",
@@ -244,6 +271,7 @@ def make_plan(loaded: LoadedRecipe, world_size: int = 1) -> Plan:
         trained_tokens=sum(e.trained for e in train_ex),
         truncated=sum(e.truncated for e in train_ex),
         packed_rows=len(rows),
+        computed_tokens=sum(len(b.input_ids) for b in micro_batches(rows, 1)),
         eval_rows=len(eval_rows),
         micro_batches_per_epoch=micro,
         world_size=world_size,
@@ -416,7 +444,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
                 # size because DDP averages gradients: the same gradient as one process.
                 accelerator.backward(loss * world / max(1, global_trained))
             loss_sum += loss.item()
-            tokens_seen += len(batch.input_ids)
+            tokens_seen += batch.tokens
             trained_seen += batch.trained
         accelerator.clip_grad_norm_(params, recipe.max_grad_norm)
         optimizer.step()
@@ -467,9 +495,14 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     wall = time.perf_counter() - start
 
     unwrapped = accelerator.unwrap_model(model)
+    final_step = state.step
     if recipe.load_best_model_at_end and (run / "best").is_dir() and state.best_step is not None:
         _load_adapter(unwrapped, run / "best")
-    eval_after = evaluate() if eval_batches else None
+        final_step = state.best_step
+    # The final weights were already evaluated unless training ended between evaluations.
+    eval_after = {0: state.eval_before, **dict(state.evals)}.get(final_step)
+    if eval_batches and eval_after is None:
+        eval_after = evaluate()
     summary = {
         "base_model": recipe.base_model,
         "base_folder": str(base.folder),
@@ -511,36 +544,41 @@ PACKED_ATTENTION = "meshtune_packed"
 
 
 def register_packed_attention() -> None:
-    """Attention that runs each packed conversation on its own.
+    """Attention that runs each packed conversation on its own, over the prefix it shares with
+    its row's first conversation and then itself (`Batch.segments`, passed through the model's
+    forward as `meshtune_segments`).
 
     The stock kernels would build a (tokens x tokens) block-diagonal mask and compute attention
-    across the whole row, most of it masked away; cutting the row at every restart of the
-    position ids costs only each conversation's own attention. Registered with transformers'
-    attention interface, so the model code is unchanged."""
+    across the whole row, most of it masked away, and could not reuse a shared prefix.
+    Registered with transformers' attention interface, so the model code is unchanged."""
     import torch
     import torch.nn.functional as F
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        pos = kwargs["position_ids"][0]
-        starts = [*(pos == 0).nonzero().flatten().tolist(), pos.numel()]
-        out = torch.cat(
-            [
+        parts = []
+        for start, end, root, shared in kwargs["meshtune_segments"]:
+            k, v = key[:, :, start:end], value[:, :, start:end]
+            mask = None
+            if shared:
+                k = torch.cat([key[:, :, root : root + shared], k], dim=2)
+                v = torch.cat([value[:, :, root : root + shared], v], dim=2)
+                mask = torch.ones(end - start, shared + end - start, dtype=torch.bool)
+                mask = mask.tril(diagonal=shared).to(query.device)
+            parts.append(
                 F.scaled_dot_product_attention(
-                    query[:, :, a:b],
-                    key[:, :, a:b],
-                    value[:, :, a:b],
+                    query[:, :, start:end],
+                    k,
+                    v,
+                    attn_mask=mask,
                     dropout_p=dropout,
-                    is_causal=True,
+                    is_causal=not shared,
                     scale=scaling,
                     enable_gqa=True,
                 )
-                for a, b in itertools.pairwise(starts)
-            ],
-            dim=2,
-        )
-        return out.transpose(1, 2).contiguous(), None
+            )
+        return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(PACKED_ATTENTION, attention)
     AttentionMaskInterface.register(PACKED_ATTENTION, lambda *args, **kwargs: None)
@@ -557,14 +595,13 @@ def micro_loss(model: Any, batch: Batch, device: Any) -> Any:
     pos = torch.tensor([batch.position_ids], device=device)
     targets = torch.tensor(batch.targets, device=device)
     keep = (targets != chat.IGNORE).nonzero().squeeze(-1)
-    # No KV cache: transformers then reads restarting position ids as separate sequences and
-    # masks attention between them.
+    segments = {"meshtune_segments": batch.segments, "use_cache": False}
     if keep.numel() == 0:  # a padding micro batch (uneven split across processes)
-        return (
-            model(input_ids=ids[:, :1], position_ids=pos[:, :1], use_cache=False).logits.sum() * 0.0
-        )
-    logits = model(input_ids=ids, position_ids=pos, logits_to_keep=keep, use_cache=False).logits[0]
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return model(input_ids=ids, position_ids=pos, **segments).logits.sum() * 0.0
+    logits = model(input_ids=ids, position_ids=pos, logits_to_keep=keep, **segments).logits[0]
+    # bf16/fp16 logits are upcast: the loss is summed over thousands of tokens
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, targets[keep], reduction="sum")
 
 
 def eval_loss(model: Any, batches: Sequence[Batch], accelerator: Any) -> float:
@@ -598,7 +635,7 @@ def _steps(
             if step <= done:
                 continue
             group = batches[i : i + per_step]
-            mine = group[rank::world] or [Batch([0], [0], [chat.IGNORE])]
+            mine = group[rank::world] or [Batch([0], [0], [chat.IGNORE], [(0, 1, 0, 0)], 0)]
             yield step, epoch + (i + per_step) / len(batches), (group, mine)
 
 
