@@ -145,6 +145,11 @@ def test_run_dir_resolves_to_base_plus_best_adapter_with_its_system_prompt(tmp_p
     spec = resolve_model(str(run))
     assert spec.backend == "llamacpp" and spec.gguf == run / "m.gguf"
     assert resolve_model(str(run), system="X").system_prompt == "X"
+    (run / "n.gguf").symlink_to(models.embedded_gguf())
+    with pytest.raises(MeshtuneError, match="several GGUF files"):
+        resolve_model(str(run))
+    (run / "export.json").write_text(json.dumps({"gguf": "n.gguf"}))  # the latest export's
+    assert resolve_model(str(run)).gguf == run / "n.gguf"
 
 
 def test_hf_backend_merges_the_adapter_and_generates_under_the_profile(tmp_path):

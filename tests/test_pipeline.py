@@ -27,3 +27,35 @@ def test_run_trains_then_exports_and_stops_when_the_export_fails_its_proof(tmp_p
 def test_run_names_a_missing_recipe(tmp_path):
     with pytest.raises(MeshtuneError, match="no such recipe"):
         pipeline.run(tmp_path / "nope.yaml", tmp_path / "run")
+
+
+@pytest.mark.real
+def test_meshtune_run_on_the_embedded_model_trains_exports_proves_and_compares(tmp_path, cli):
+    """The README's main job, shortened (3 steps, the 4-prompt quick suite, one sample): every
+    stage runs for real on the embedded model, llama.cpp included."""
+    from tests.test_train import REPO
+
+    recipe = tiny_recipe(
+        tmp_path,
+        "smollm2-135m",
+        datasets=[{"path": str(REPO / "data" / "mesh_conversations_sample.jsonl")}],
+        sequence_len=256,
+        micro_batch_size=1,
+        max_steps=3,
+        learning_rate=1e-3,
+        eval_steps=3,
+        save_steps=3,
+    )
+    run = tmp_path / "run"
+    result = cli("run", recipe, "--output-dir", run, "--suite", "quick", "--samples", "1")
+    summary = json.loads((run / "run.json").read_text())
+    assert result.code == (0 if summary["ready"] else 1), result.err
+    assert summary["train"]["steps"] == 3 and summary["export"]["verified"]
+    assert summary["train"]["eval_loss_after"] < summary["train"]["eval_loss_before"]
+    assert (run / summary["export"]["gguf"]).is_file() and (run / "Modelfile").is_file()
+    sides = summary["comparison"]["a"], summary["comparison"]["b"]
+    assert [s["suite"] for s in sides] == ["quick", "quick"]
+    assert sides[0]["model"] == "smollm2-135m" and sides[1]["model"] == str(run)
+    for report in ("base/report.md", "tuned/report.md", "tuned/replies.jsonl"):
+        assert (run / "eval" / report).is_file()
+    assert f"tuned {summary['verdict']}" in result.out and "item pass rate" in result.out

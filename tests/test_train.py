@@ -140,11 +140,12 @@ def test_a_row_holds_more_conversations_when_they_share_a_system_prompt(smol_tok
     one = len(examples[0].input_ids)
     rows = pack(examples, 3 * one, True, seed=None)
     assert len(rows[0]) == 1 + (2 * one) // (one - shared) > 3
-    for row in rows:
-        batch = flatten([row])
+    for packed in rows:
+        batch = flatten([packed])
+        later = len(packed) - 1
         assert len(batch.input_ids) <= 3 * one
-        assert [s for *_, s in batch.segments] == [0] + [shared] * (len(row) - 1)
-        assert [batch.position_ids[a] for a, *_ in batch.segments[1:]] == [shared] * (len(row) - 1)
+        assert [s for *_, s in batch.segments] == [0] + [shared] * later
+        assert [batch.position_ids[a] for a, *_ in batch.segments[1:]] == [shared] * later
 
 
 def test_rows_never_exceed_sequence_len_and_keep_every_example(smol_tokenizer):

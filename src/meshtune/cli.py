@@ -477,28 +477,40 @@ def run_cmd(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     samples: Annotated[int, typer.Option(help="Replies per eval item.")] = 3,
+    suite: Annotated[str, typer.Option(help="Eval suite: mesh, quick or a JSONL file.")] = "mesh",
 ) -> None:
     """The whole path on the embedded default: train, export (GGUF + Modelfile, proven), and
     evaluate base vs tuned the way Mesh Master calls the model. Exit 0 when READY."""
     from meshtune import pipeline
 
     result = pipeline.run(
-        recipe or pipeline.DEFAULT_RECIPE, output_dir, overwrite, samples=samples, log=typer.echo
+        recipe or pipeline.DEFAULT_RECIPE,
+        output_dir,
+        overwrite,
+        samples=samples,
+        suite=suite,
+        log=typer.echo,
     )
-    train, ev = result["train"], result["eval"]
+    train = result["train"]
     typer.echo(f"== done: {result['run_dir']}")
     typer.echo(
         f"train: {train['steps']} steps in {train['wall_time_s']:.0f} s, eval loss "
         f"{train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
     )
-    for m in ev["metrics"]:
-        typer.echo(f"  {m['name']:22} base {m['a']!s:>8}  tuned {m['b']!s:>8}")
+    comparison = result.get("comparison")
+    if comparison:
+        for m in comparison["metrics"]:
+            typer.echo(f"  {m['name']:22} base {_num(m['a']):>8}  tuned {_num(m['b']):>8}")
     typer.echo(
-        f"verdict: base {ev['a']['verdict']}, tuned {ev['b']['verdict']} "
-        f"(reports in {result['run_dir']}/eval)"
+        (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
+        + f"tuned {result['verdict']} (reports in {result['run_dir']}/eval)"
     )
     if not result["ready"]:
         raise typer.Exit(1)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:

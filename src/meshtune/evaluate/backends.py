@@ -129,10 +129,22 @@ def _read_summary(run: Path) -> dict[str, Any]:
     return summary
 
 
+def _run_ggufs(run: Path) -> list[Path]:
+    """The GGUF the latest `meshtune export` wrote (the one its Modelfile names), else every
+    GGUF in the run."""
+    try:
+        named = run / json.loads((run / "export.json").read_text())["gguf"]
+    except (OSError, ValueError, KeyError, TypeError):
+        named = None
+    if named is not None and named.is_file():
+        return [named]
+    return sorted(run.glob("*.gguf"))
+
+
 def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
     """A run directory: its exported GGUF for llamacpp (the default once export has run),
     else base + best adapter (or the merged folder) for hf."""
-    ggufs = sorted(run.glob("*.gguf"))
+    ggufs = _run_ggufs(run)
     backend = backend or ("llamacpp" if ggufs else "hf")
     opts = modelfile_options(run)
     if backend == "llamacpp":
