@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from tests.tiny import lora_run, save_tiny_llama
 
 from meshtune import meshmaster, models
 from meshtune.errors import MeshtuneError
@@ -92,42 +93,19 @@ def test_llamacpp_reports_a_runaway_when_num_predict_is_hit(llama):
 def tiny_run(tmp_path: Path, gguf: bool = False) -> Path:
     """A run directory as `meshtune train` writes it: a tiny random llama base with the SmolLM2
     tokenizer, a perturbed LoRA adapter in best/, recipe.yaml and train_summary.json."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(models.resolve("smollm2-135m").folder)
-    base_dir = tmp_path / "base"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=len(tok),
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    base_dir = save_tiny_llama(tmp_path / "base", tok, tie_word_embeddings=False)
+    run = lora_run(
+        tmp_path,
+        LlamaForCausalLM.from_pretrained(base_dir),
+        str(base_dir),
+        "chatml",
+        std=0.5,
+        summary={"system_prompt": "RUN SYSTEM", "best_step": 3},
+        ollama={"temperature": 0.4},
     )
-    LlamaForCausalLM(config).save_pretrained(base_dir)
-    tok.save_pretrained(base_dir)
-    run = tmp_path / "run"
-    peft = get_peft_model(
-        LlamaForCausalLM.from_pretrained(base_dir), LoraConfig(r=8, target_modules="all-linear")
-    )
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    peft.save_pretrained(run / "best")
-    (run / "recipe.yaml").write_text(f"base_model: {base_dir}\nollama:\n  temperature: 0.4\n")
-    summary = {
-        "base_model": str(base_dir),
-        "family": "chatml",
-        "system_prompt": "RUN SYSTEM",
-        "best_step": 3,
-        "best_adapter": "best",
-    }
-    (run / "train_summary.json").write_text(json.dumps(summary))
     if gguf:
         (run / "model.gguf").symlink_to(models.embedded_gguf())
     return run

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from tests.test_modelfile import llama32_tokenizer_from
+from tests.tiny import lora_run, save_tiny_llama
 
 from meshtune import export, modelfile
 from meshtune.cli import main
@@ -30,47 +31,13 @@ from meshtune.meshmaster import OPTIONS
 def tiny_base(folder: Path, tokenizer, *, tie=False, init=0.5, rope=None, seed=0):
     """A 2-layer random llama. A large init makes its logits spread like a real model's, so a
     wrong tensor layout shows in them."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie,
-        initializer_range=init,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **({"rope_parameters": rope} if rope else {}),
+    rope = {"rope_parameters": rope} if rope else {}
+    save_tiny_llama(
+        folder, tokenizer, seed, tie_word_embeddings=tie, initializer_range=init, **rope
     )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model
-
-
-def lora_run(root: Path, base, base_name: str, family: str, std: float = 0.05, **recipe) -> Path:
-    """RUN/best (a LoRA adapter on every linear layer), recipe.yaml and train_summary.json."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(1)
-    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=std)
-    run = root / "run"
-    peft.save_pretrained(run / "best")
-    (run / "recipe.yaml").write_text(yaml.safe_dump({"base_model": base_name, **recipe}))
-    summary = {"base_model": base_name, "family": family, "best_adapter": "best", "best_step": 1}
-    (run / "train_summary.json").write_text(json.dumps(summary))
-    return run
+    return LlamaForCausalLM.from_pretrained(folder)
 
 
 def run_cli(*args) -> tuple[int, str, str]:

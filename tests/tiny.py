@@ -43,12 +43,14 @@ def smol_tokenizer(smol_folder):
     return AutoTokenizer.from_pretrained(smol_folder)
 
 
-def save_tiny_llama(folder: Path, tokenizer, seed: int = 0, layers: int = 2) -> Path:
+def save_tiny_llama(folder: Path, tokenizer, seed: int = 0, layers: int = 2, **config) -> Path:
+    """A random llama (tied embeddings unless `config` says otherwise) saved with `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = {"tie_word_embeddings": True, **config}
+    llama = LlamaConfig(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=layers,
@@ -56,14 +58,51 @@ def save_tiny_llama(folder: Path, tokenizer, seed: int = 0, layers: int = 2) -> 
         num_key_value_heads=2,
         vocab_size=len(tokenizer),
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **config,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(llama).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def lora_run(
+    root: Path,
+    base,
+    base_name: str,
+    family: str,
+    std: float = 0.05,
+    summary: dict | None = None,
+    **recipe,
+) -> Path:
+    """ROOT/run as `meshtune train` writes it: best/ (a LoRA adapter on every linear layer of
+    `base`, B perturbed so merging changes the model), recipe.yaml and train_summary.json."""
+    import json
+
+    import torch
+    import yaml
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=std)
+    run = root / "run"
+    peft.save_pretrained(run / "best")
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"base_model": base_name, **recipe}))
+    summary = {
+        "base_model": base_name,
+        "family": family,
+        "best_adapter": "best",
+        "best_step": 1,
+        **(summary or {}),
+    }
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from meshtune.commands import Registry, load_registry
-from meshtune.errors import MeshtuneError
+from meshtune.errors import Issue, MeshtuneError, register_codes
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
 MAX_LINE_BYTES = 1_000_000
 
-# code -> (name, severity)
+# code -> (name, severity) of the findings this module reports
 CODES: dict[str, tuple[str, str]] = {
     "E101": ("invalid-json", "error"),
     "E102": ("not-an-object", "error"),
@@ -51,6 +51,7 @@ CODES: dict[str, tuple[str, str]] = {
     "W209": ("unknown-command", "warning"),
     "W210": ("dataset-size", "warning"),
 }
+register_codes(CODES)
 
 Role = Literal["system", "user", "assistant"]
 DEFAULT_ROLE_NAMES: dict[str, Role] = {
@@ -90,38 +91,6 @@ class Conversation:
     @property
     def category(self) -> str:
         return str(self.meta.get("category", ""))
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    code: str
-    path: str
-    line: int | None
-    message: str
-    fix: str
-
-    @property
-    def name(self) -> str:
-        return CODES[self.code][0]
-
-    @property
-    def severity(self) -> str:
-        return CODES[self.code][1]
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.code} {self.message}; {self.fix}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "name": self.name,
-            "severity": self.severity,
-            "path": self.path,
-            "line": self.line,
-            "message": self.message,
-            "fix": self.fix,
-        }
 
 
 class DatasetSpec(BaseModel):

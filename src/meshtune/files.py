@@ -6,12 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from meshtune.errors import MeshtuneError
+
 
 def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot write ({e.strerror}); check the folder") from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from meshtune import chat
 from meshtune.commands import Registry, load_registry
-from meshtune.errors import MeshtuneError
+from meshtune.errors import Issue, MeshtuneError, register_codes
 from meshtune.meshmaster import CHUNK_BYTES, MAX_CHUNKS, OPTIONS
 
 # PARAMETER names Ollama accepts (api.Options), by value type; others are "unknown parameter".
@@ -74,7 +74,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "num_predict": NUM_PREDICT,
 }
 
-# code -> (name, severity)
+# code -> (name, severity) of the findings this module reports
 CODES: dict[str, tuple[str, str]] = {
     "E301": ("syntax", "error"),
     "E302": ("unknown-parameter", "error"),
@@ -91,34 +91,7 @@ CODES: dict[str, tuple[str, str]] = {
     "W305": ("unlimited-num-predict", "warning"),
     "W306": ("template-not-checked", "warning"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    code: str
-    path: str
-    line: int | None
-    message: str
-    fix: str
-
-    @property
-    def severity(self) -> str:
-        return CODES[self.code][1]
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.code} {self.message}; {self.fix}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "name": CODES[self.code][0],
-            "severity": self.severity,
-            "path": self.path,
-            "line": self.line,
-            "message": self.message,
-            "fix": self.fix,
-        }
+register_codes(CODES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,7 +452,7 @@ PROOF_CONVERSATIONS: tuple[tuple[chat.Message, ...], ...] = (
 
 def check(
     path: str | Path, gguf: str | Path | None = None, registry: Registry | None = None
-) -> list[Finding]:
+) -> list[Issue]:
     """Every problem of a Modelfile. Given a GGUF (or when FROM names one that exists), also the
     stop tokens and TEMPLATE against that model's chat template and end-of-turn token."""
     path = Path(path)
@@ -491,12 +464,12 @@ def check(
             raise
         line_match = re.match(rf"{re.escape(where)}:(\d+): (.*)", str(e))
         line, msg = (int(line_match[1]), line_match[2]) if line_match else (None, str(e))
-        return [Finding("E301", where, line, msg, "Ollama refuses this file")]
+        return [Issue("E301", where, line, msg, "Ollama refuses this file")]
     registry = registry or load_registry()
-    findings: list[Finding] = []
+    findings: list[Issue] = []
 
     def add(code: str, cmd: Command | None, message: str, fix: str) -> None:
-        findings.append(Finding(code, where, cmd.line if cmd else None, message, fix))
+        findings.append(Issue(code, where, cmd.line if cmd else None, message, fix))
 
     model = mf.first("model")
     assert model is not None  # parse() requires FROM
@@ -566,13 +539,13 @@ def check(
     return findings
 
 
-def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Finding]:
-    findings: list[Finding] = []
+def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue]:
+    findings: list[Issue] = []
     family = chat.family_of(SimpleNamespace(chat_template=info.chat_template))
     eot_text = family.end_of_turn
     if info.eos_text != eot_text:
         findings.append(
-            Finding(
+            Issue(
                 "E308",
                 info.path,
                 None,
@@ -585,7 +558,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Findi
     last = stop_lines[-1] if stop_lines else None
     if eot_text not in mf.stops:
         findings.append(
-            Finding(
+            Issue(
                 "E306",
                 where,
                 last.line if last else None,
@@ -597,7 +570,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Findi
     for stop in family.stops:
         if stop != eot_text and stop not in mf.stops:
             findings.append(
-                Finding(
+                Issue(
                     "W303",
                     where,
                     last.line if last else None,
@@ -610,7 +583,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Findi
         return findings
     if not go_available():
         findings.append(
-            Finding(
+            Issue(
                 "W306",
                 where,
                 template.line,
@@ -625,7 +598,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Findi
     )
     if mismatch:
         findings.append(
-            Finding(
+            Issue(
                 "E307",
                 where,
                 template.line,

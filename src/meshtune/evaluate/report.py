@@ -6,7 +6,6 @@ measured them). Every file is written to a temporary name and renamed into place
 import html
 import io
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from meshtune.data import write_jsonl
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
+from meshtune.files import write_json, write_text
 
 if TYPE_CHECKING:
     from meshtune.evaluate import Comparison, EvalResult
@@ -25,15 +25,15 @@ CLIP = 320  # characters of a reply shown in tables
 def write_report(out: Path, result: "EvalResult") -> None:
     _mkdir(out)
     write_jsonl({out / "replies.jsonl": (json.dumps(r, ensure_ascii=False) for r in result.rows)})
-    _write_text(out / "summary.json", json.dumps(result.summary, indent=2, ensure_ascii=False))
-    _write_text(out / "report.md", render_markdown(result))
-    _write_text(out / "report.html", render_html(result))
+    write_json(out / "summary.json", result.summary)
+    write_text(out / "report.md", render_markdown(result))
+    write_text(out / "report.html", render_html(result))
 
 
 def write_comparison(out: Path, comp: "Comparison") -> None:
     _mkdir(out)
-    _write_text(out / "compare.json", json.dumps(comp.to_dict(), indent=2, ensure_ascii=False))
-    _write_text(out / "compare.md", render_comparison(comp))
+    write_json(out / "compare.json", comp.to_dict())
+    write_text(out / "compare.md", render_comparison(comp))
 
 
 def _mkdir(out: Path) -> None:
@@ -41,16 +41,6 @@ def _mkdir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MeshtuneError(f"{out}: cannot create the report folder ({e.strerror})") from e
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MeshtuneError(f"{path}: cannot write ({e.strerror}); check the folder") from e
 
 
 # ---------------------------------------------------------------- shared pieces
