@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Train, export (proven) and evaluate base vs tuned; replaces the previous runs/embedded-cpu.
 run: $(STAMP)
-	$(VENV)/bin/meshtune data check data/mesh_conversations.jsonl
+	$(VENV)/bin/meshtune run --overwrite
 
 # Go renders Modelfile TEMPLATEs with text/template, the engine Ollama uses (tests only).
 go:

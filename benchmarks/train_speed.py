@@ -2,9 +2,12 @@
 peft loop the v2 guide's notebook runs, on the same model, data and LoRA settings.
 
 Both loops train on the same conversations with the same labels (assistant turns and their
-end-of-turn token); the plain loop pads each batch of 8 to its longest example and computes
-logits for every position, as `model(input_ids, attention_mask, labels)` does. Rounds
-alternate between the two so that background load affects both alike.
+end-of-turn token) and the same LoRA; the plain loop pads each batch of 8 to its longest
+example and computes logits for every position, as `model(input_ids, attention_mask, labels)`
+does; meshtune's packs rows without padding, computes each row's shared system prompt once and
+logits only where a token is trained. Throughput counts each conversation's own tokens, so both
+loops are measured on the same work. Rounds alternate between the two so that background load
+affects both alike. Measured on a quiet 2-core machine: 116 vs 256 tokens/s, 2.21x.
 
     .venv/bin/python benchmarks/train_speed.py [--conversations 96] [--rounds 2]
 """

@@ -146,6 +146,9 @@ def test_a_row_holds_more_conversations_when_they_share_a_system_prompt(smol_tok
         assert len(batch.input_ids) <= 3 * one
         assert [s for *_, s in batch.segments] == [0] + [shared] * later
         assert [batch.position_ids[a] for a, *_ in batch.segments[1:]] == [shared] * later
+    unshared = pack(examples, 3 * one, True, seed=None, share=False)  # the CUDA layout
+    assert [len(r) for r in unshared] == [3, 3, 2]
+    assert all(s == 0 for *_, s in flatten(unshared[:1], share=False).segments)
 
 
 def test_rows_never_exceed_sequence_len_and_keep_every_example(smol_tokenizer):

@@ -77,11 +77,16 @@ def shared_len(root: chat.Encoded, e: chat.Encoded) -> int:
 
 
 def pack(
-    examples: Sequence[chat.Encoded], seq_len: int, packing: bool, seed: int | None
+    examples: Sequence[chat.Encoded],
+    seq_len: int,
+    packing: bool,
+    seed: int | None,
+    share: bool = True,
 ) -> list[list[chat.Encoded]]:
     """Rows of at most `seq_len` computed tokens: a row's first conversation in full, each later
-    one without the prefix it shares with the first. Shuffled by `seed` (None: file order),
-    then filled in order, so each epoch sees a different but reproducible arrangement."""
+    one without the prefix it shares with the first (unless not `share`). Shuffled by `seed`
+    (None: file order), then filled in order, so each epoch sees a different but reproducible
+    arrangement."""
     order = list(examples)
     if seed is not None:
         random.Random(seed).shuffle(order)
@@ -90,7 +95,7 @@ def pack(
     rows: list[list[chat.Encoded]] = []
     used = seq_len + 1
     for e in order:
-        cost = len(e.input_ids) - shared_len(rows[-1][0], e) if rows else len(e.input_ids)
+        cost = len(e.input_ids) - (shared_len(rows[-1][0], e) if rows and share else 0)
         if used + cost > seq_len:
             rows.append([])
             used, cost = 0, len(e.input_ids)
@@ -116,12 +121,12 @@ class Batch:
         return sum(t != chat.IGNORE for t in self.targets)
 
 
-def flatten(rows: Sequence[Sequence[chat.Encoded]]) -> Batch:
+def flatten(rows: Sequence[Sequence[chat.Encoded]], share: bool = True) -> Batch:
     batch = Batch([], [], [], [], 0)
     for row in rows:
         root = len(batch.input_ids)
         for i, e in enumerate(row):
-            shared = shared_len(row[0], e) if i else 0
+            shared = shared_len(row[0], e) if i and share else 0
             start = len(batch.input_ids)
             batch.input_ids += e.input_ids[shared:]
             batch.position_ids += range(shared, len(e.input_ids))
@@ -131,8 +136,13 @@ def flatten(rows: Sequence[Sequence[chat.Encoded]]) -> Batch:
     return batch
 
 
-def micro_batches(rows: Sequence[Sequence[chat.Encoded]], micro_batch_size: int) -> list[Batch]:
-    return [flatten(rows[i : i + micro_batch_size]) for i in range(0, len(rows), micro_batch_size)]
+def micro_batches(
+    rows: Sequence[Sequence[chat.Encoded]], micro_batch_size: int, share: bool = True
+) -> list[Batch]:
+    return [
+        flatten(rows[i : i + micro_batch_size], share)
+        for i in range(0, len(rows), micro_batch_size)
+    ]
 
 
 # ---------------------------------------------------------------------------- plan
@@ -195,8 +205,9 @@ class Plan:
         return out
 
 
-def make_plan(loaded: LoadedRecipe, world_size: int = 1) -> Plan:
-    """Tokenize the data and work out the training arithmetic; warn where it cannot work."""
+def make_plan(loaded: LoadedRecipe, world_size: int = 1, share: bool = True) -> Plan:
+    """Tokenize the data and work out the training arithmetic; warn where it cannot work.
+    `share`: whether rows compute shared prefixes once (on CPU; see `train`)."""
     recipe = loaded.recipe
     notes = list(loaded.notes)
     tokenizer, tokenizer_from, estimate = _plan_tokenizer(recipe, notes)
@@ -204,8 +215,8 @@ def make_plan(loaded: LoadedRecipe, world_size: int = 1) -> Plan:
     train_convs, eval_convs = load_splits(recipe)
     train_ex = encode_all(tokenizer, train_convs, recipe, "train")
     eval_ex = encode_all(tokenizer, eval_convs, recipe, "eval")
-    rows = pack(train_ex, recipe.sequence_len, recipe.sample_packing, recipe.seed)
-    eval_rows = pack(eval_ex, recipe.sequence_len, recipe.sample_packing, None)
+    rows = pack(train_ex, recipe.sequence_len, recipe.sample_packing, recipe.seed, share)
+    eval_rows = pack(eval_ex, recipe.sequence_len, recipe.sample_packing, None, share)
     micro = math.ceil(len(rows) / recipe.micro_batch_size)
     per_step = recipe.gradient_accumulation_steps * world_size
     steps_per_epoch = max(1, math.ceil(micro / per_step))
@@ -271,7 +282,7 @@ def make_plan(loaded: LoadedRecipe, world_size: int = 1) -> Plan:
         trained_tokens=sum(e.trained for e in train_ex),
         truncated=sum(e.truncated for e in train_ex),
         packed_rows=len(rows),
-        computed_tokens=sum(len(b.input_ids) for b in micro_batches(rows, 1)),
+        computed_tokens=sum(len(b.input_ids) for b in micro_batches(rows, 1, share)),
         eval_rows=len(eval_rows),
         micro_batches_per_epoch=micro,
         world_size=world_size,
@@ -370,8 +381,11 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     if not cuda:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     say = log if main else (lambda *_: None)
+    # Sharing prefixes saves a third of the arithmetic, which is what limits a CPU; a GPU is
+    # limited by kernel launches here, and a shared prefix adds three per conversation and layer.
+    share = not cuda
 
-    plan = make_plan(loaded, world)
+    plan = make_plan(loaded, world, share)
     if plan.estimate:
         raise MeshtuneError(
             f"base model {recipe.base_model!r} is not available locally; copy its Hugging "
@@ -390,8 +404,10 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
             recipe.sequence_len,
             recipe.sample_packing,
             None,
+            share,
         ),
         recipe.micro_batch_size,
+        share,
     )
 
     torch.manual_seed(recipe.seed)
@@ -432,7 +448,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
 
     start, tokens_seen, trained_seen = time.perf_counter(), 0, 0
     progress = _progress(plan.total_steps, state.step, opts.progress and main, say)
-    for step, epoch, batches in _steps(train_ex, recipe, plan, world, rank, state.step):
+    for step, epoch, batches in _steps(train_ex, recipe, plan, world, rank, state.step, share):
         model.train()
         global_trained = sum(b.trained for b in batches[0])
         loss_sum = 0.0
@@ -564,8 +580,9 @@ def register_packed_attention() -> None:
             if shared:
                 k = torch.cat([key[:, :, root : root + shared], k], dim=2)
                 v = torch.cat([value[:, :, root : root + shared], v], dim=2)
-                mask = torch.ones(end - start, shared + end - start, dtype=torch.bool)
-                mask = mask.tril(diagonal=shared).to(query.device)
+                mask = torch.ones(
+                    end - start, shared + end - start, dtype=torch.bool, device=query.device
+                ).tril_(diagonal=shared)
             parts.append(
                 F.scaled_dot_product_attention(
                     query[:, :, start:end],
@@ -618,7 +635,13 @@ def eval_loss(model: Any, batches: Sequence[Batch], accelerator: Any) -> float:
 
 
 def _steps(
-    examples: Sequence[chat.Encoded], recipe: Recipe, plan: Plan, world: int, rank: int, done: int
+    examples: Sequence[chat.Encoded],
+    recipe: Recipe,
+    plan: Plan,
+    world: int,
+    rank: int,
+    done: int,
+    share: bool,
 ) -> Iterator[tuple[int, float, tuple[list[Batch], list[Batch]]]]:
     """(step, epoch, (all micro batches of the step, this process's share)) after `done` steps.
     Each epoch reshuffles with seed + epoch, so a resumed run sees the same order. A reshuffled
@@ -626,8 +649,10 @@ def _steps(
     per_step = recipe.gradient_accumulation_steps * world
     step = 0
     for epoch in itertools.count():
-        rows = pack(examples, recipe.sequence_len, recipe.sample_packing, recipe.seed + epoch)
-        batches = micro_batches(rows, recipe.micro_batch_size)
+        rows = pack(
+            examples, recipe.sequence_len, recipe.sample_packing, recipe.seed + epoch, share
+        )
+        batches = micro_batches(rows, recipe.micro_batch_size, share)
         for i in range(0, len(batches), per_step):
             step += 1
             if step > plan.total_steps:
