@@ -238,10 +238,11 @@ def test_gate_yaml_overrides_thresholds_and_null_switches_one_off(tmp_path):
         ("min_pass: 0.5\n", "unknown key 'min_pass'"),
         ("median_chars: [150, 80]\n", "lower bound"),
         ("max_loop_rate: [\n", "not valid YAML"),
+        ("max_loop_rate: 0.1 # \udcff\n", "invalid UTF-8 at byte 21"),
     ],
 )
 def test_bad_gate_files_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "gate.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(MeshtuneError, match=message):
         load_gate(path)

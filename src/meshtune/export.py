@@ -36,7 +36,7 @@ import yaml
 
 from meshtune import chat, modelfile
 from meshtune.errors import MeshtuneError
-from meshtune.files import write_json, write_text
+from meshtune.files import read_json, write_json, write_text
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT, OPTIONS, build_prompt
 
 SUPPORTED = "llama (SmolLM2, Llama-3.x)"
@@ -93,7 +93,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise MeshtuneError(
             f"{folder}: no such run directory; pass the folder `meshtune train` wrote"
         )
-    summary = _read_json(folder / "train_summary.json", "run `meshtune train` first")
+    summary = read_json(folder / "train_summary.json", "run `meshtune train` first")
     recipe = _read_yaml(folder / "recipe.yaml")
     base = summary.get("base_model") or recipe.get("base_model")
     if not base:
@@ -120,18 +120,6 @@ def load_run(run_dir: str | Path) -> Run:
         or DEFAULT_SYSTEM_PROMPT,
         ollama=ollama,
     )
-
-
-def _read_json(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise MeshtuneError(f"{path}: missing; {fix}") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MeshtuneError(f"{path}: unreadable ({e}); {fix}") from e
-    if not isinstance(data, dict):
-        raise MeshtuneError(f"{path}: not a JSON object; {fix}")
-    return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -184,9 +172,7 @@ def merge(run: Run, out: Path) -> None:
     from meshtune.models import resolve
 
     base = resolve(run.base_model)
-    check_architecture(
-        _read_json(base.folder / "config.json", "fix the base model"), run.base_model
-    )
+    check_architecture(read_json(base.folder / "config.json", "fix the base model"), run.base_model)
     has_tokenizer = (run.adapter / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(run.adapter if has_tokenizer else base.folder)
     family = chat.family_of(tokenizer)
@@ -240,7 +226,7 @@ def _write_gguf(merged: Path, out: Path, quant: str, name: str) -> None:
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
-    config = _read_json(merged / "config.json", "re-run export")
+    config = read_json(merged / "config.json", "re-run export")
     check_architecture(config, str(merged))
     tokenizer = AutoTokenizer.from_pretrained(merged)
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -415,7 +401,7 @@ def _pre_tokenizer(tokenizer: Any, where: Path) -> str:
 def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, merged: Path) -> None:
     import gguf
 
-    tokenizer_json = _read_json(merged / "tokenizer.json", "re-run export")
+    tokenizer_json = read_json(merged / "tokenizer.json", "re-run export")
     if (tokenizer_json.get("model") or {}).get("type") != "BPE":
         raise MeshtuneError(f"{merged}: not a BPE tokenizer; supported: {SUPPORTED}")
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -659,7 +645,7 @@ def verify(run_dir: str | Path) -> Verification:
     from transformers import AutoTokenizer
 
     folder = Path(run_dir)
-    exported = _read_json(folder / "export.json", "run `meshtune export` first")
+    exported = read_json(folder / "export.json", "run `meshtune export` first")
     mf = modelfile.read(folder / "Modelfile")
     gguf_path = folder / exported["gguf"]
     merged = folder / "merged"
@@ -928,7 +914,7 @@ def deploy(
     mf_path = folder / "Modelfile"
     if not mf_path.is_file():
         raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
-    verification = _read_json(folder / "verify.json", f"run `meshtune verify {folder}` first")
+    verification = read_json(folder / "verify.json", f"run `meshtune verify {folder}` first")
     if not verification.get("ok") and not force:
         failed = [c["name"] for c in verification.get("checks", []) if c.get("ok") is False]
         raise MeshtuneError(

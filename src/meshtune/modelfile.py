@@ -26,6 +26,7 @@ from typing import Any
 from meshtune import chat
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
+from meshtune.files import read_text
 from meshtune.meshmaster import CHUNK_BYTES, MAX_CHUNKS, OPTIONS
 
 # PARAMETER names Ollama accepts (api.Options), by value type; others are "unknown parameter".
@@ -176,13 +177,7 @@ def _unquote(s: str) -> str | None:
 
 def read(path: str | Path) -> Modelfile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check the path") from e
-    except UnicodeDecodeError as e:
-        raise MeshtuneError(f"{path}: invalid UTF-8 at byte {e.start}; re-save as UTF-8") from e
-    return parse(text, str(path))
+    return parse(read_text(path), str(path))
 
 
 # ---------------------------------------------------------------------------------------------

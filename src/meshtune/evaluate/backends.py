@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from meshtune import meshmaster, models
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
+from meshtune.files import read_json
 
 BACKENDS = ("hf", "llamacpp", "openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
@@ -119,14 +120,7 @@ def _run_system_prompt(run: Path | None) -> str:
 
 
 def _read_summary(run: Path) -> dict[str, Any]:
-    path = run / "train_summary.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise MeshtuneError(f"{path}: cannot read ({e}); re-run `meshtune train`") from e
-    if not isinstance(summary, dict):
-        raise MeshtuneError(f"{path}: not a JSON object; re-run `meshtune train`")
-    return summary
+    return read_json(run / "train_summary.json", "re-run `meshtune train`")
 
 
 def _run_ggufs(run: Path) -> list[Path]:

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from meshtune.errors import MeshtuneError
+from meshtune.files import read_text
 
 EXAMPLES = 3  # example replies shown per failing criterion
 
@@ -56,9 +57,7 @@ def load_gate(path: str | Path | None) -> GateConfig:
         return GateConfig()
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check the path") from e
+        raw = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as e:
         raise MeshtuneError(f"{path}: not valid YAML; fix the syntax") from e
     try:

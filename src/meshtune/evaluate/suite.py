@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meshtune.errors import MeshtuneError
+from meshtune.files import read_text
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -106,12 +107,7 @@ def suite_path(name_or_path: str) -> tuple[str, Path]:
 def load_suite(name_or_path: str) -> Suite:
     """Read and validate a suite; the first bad line is a `file:line:` error."""
     name, path = suite_path(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MeshtuneError(f"{path}: invalid UTF-8 at byte {e.start}; re-save as UTF-8") from e
-    except OSError as e:
-        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check the path") from e
+    text = read_text(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
