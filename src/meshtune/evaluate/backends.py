@@ -115,12 +115,8 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
 def _run_system_prompt(run: Path | None) -> str:
     if run is None:
         return meshmaster.DEFAULT_SYSTEM_PROMPT
-    summary = _read_summary(run)
+    summary = read_json(run / "train_summary.json", "re-run `meshtune train`")
     return summary.get("system_prompt") or meshmaster.DEFAULT_SYSTEM_PROMPT
-
-
-def _read_summary(run: Path) -> dict[str, Any]:
-    return read_json(run / "train_summary.json", "re-run `meshtune train`")
 
 
 def _run_ggufs(run: Path) -> list[Path]:
@@ -155,16 +151,12 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
         return ModelSpec(
             model, run.name, backend, system, None, str(run / "merged"), None, run, opts
         )
-    summary = _read_summary(run)
-    base = summary.get("base_model")
-    if not base:
-        raise MeshtuneError(f"{run}/train_summary.json: no base_model; re-run `meshtune train`")
-    adapter = run / str(summary.get("best_adapter") or "best")
-    if not (adapter / "adapter_config.json").is_file():
-        adapter = run / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise MeshtuneError(f"{run}: no best/ or adapter/ LoRA adapter; re-run `meshtune train`")
-    return ModelSpec(model, run.name, backend, system, None, str(base), adapter, run, opts)
+    from meshtune.export import load_run  # the one reader of a training run's layout
+
+    trained = load_run(run)
+    return ModelSpec(
+        model, run.name, backend, system, None, trained.base_model, trained.adapter, run, opts
+    )
 
 
 def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = None) -> Backend:
