@@ -491,26 +491,20 @@ def run_cmd(
         suite=suite,
         log=typer.echo,
     )
-    train = result["train"]
+    train, comparison = result["train"], result.get("comparison")
+    if comparison:  # the same view as `meshtune eval --compare`
+        typer.echo((Path(result["run_dir"]) / "eval" / "compare.md").read_text(encoding="utf-8"))
     typer.echo(f"== done: {result['run_dir']}")
     typer.echo(
         f"train: {train['steps']} steps in {train['wall_time_s']:.0f} s, eval loss "
         f"{train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
     )
-    comparison = result.get("comparison")
-    if comparison:
-        for m in comparison["metrics"]:
-            typer.echo(f"  {m['name']:22} base {_num(m['a']):>8}  tuned {_num(m['b']):>8}")
     typer.echo(
         (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
         + f"tuned {result['verdict']} (reports in {result['run_dir']}/eval)"
     )
     if not result["ready"]:
         raise typer.Exit(1)
-
-
-def _num(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:
