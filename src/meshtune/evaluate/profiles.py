@@ -37,6 +37,7 @@ GUIDE_MODELFILE_OPTIONS = {
 UNLIMITED_CAP = 512
 SAMPLING_KEYS = ("num_predict", "temperature", "top_p", "top_k", "repeat_penalty", "min_p")
 
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
