@@ -17,8 +17,10 @@ SAMPLE = DATA / "mesh_conversations_sample.jsonl"
 EVAL = DATA / "eval" / "mesh_eval.jsonl"
 
 MIN_PER_CATEGORY = {
+    "counter": 250,  # asks for a command or ability the bot lacks (issue 11)
+    "follow_up": 30,  # follow-ups whose earlier words the model cannot see
     "relay": 100,
-    "commands": 250,
+    "commands": 150,
     "radio": 150,
     "roles": 80,
     "channels": 80,
@@ -28,13 +30,17 @@ MIN_PER_CATEGORY = {
     "offtopic": 80,
     "about_bot": 40,
     "non_english": 40,
-    "multi_turn": 100,
+    "multi_turn": 90,
 }
+
+
+def train_rows() -> list[data.Conversation]:
+    return data.load_conversations(TRAIN)
 
 
 @pytest.fixture(scope="module")
 def train() -> list[data.Conversation]:
-    return data.load_conversations(TRAIN)
+    return train_rows()
 
 
 def test_the_training_file_checks_clean_with_no_warnings():
@@ -64,18 +70,47 @@ def test_replies_fit_a_lora_link(train):
     assert one_chunk >= 0.95
 
 
-def test_commands_span_at_least_40_real_commands_and_relay_is_never_a_slash_command(train):
-    registry = load_registry()
-    used = {
-        m.canonical
-        for c in train
-        if c.category == "commands"
-        for r in c.replies
-        for m in registry.mentions(r)
-        if m.canonical
-    }
-    assert len(used) >= 40
+def test_every_command_is_taught_by_15_replies_or_none_and_relay_is_never_a_slash_command(
+    train,
+):
+    counts, _ = data.command_counts(train, load_registry())
+    assert len(counts) >= 25
+    assert min(counts.values()) >= 15
     assert not any("/relay" in r.lower() for c in train for r in c.replies)
+
+
+def test_no_single_frame_teaches_the_commands():
+    replies = [r for c in train_rows() for r in c.replies]
+    assert sum(r.startswith("Send /") for r in replies) / len(replies) <= 0.05
+
+
+def test_counter_examples_cover_invented_names_and_commands_that_are_not_words_of_the_question(
+    train,
+):
+    registry = load_registry()
+    counter = [c for c in train if c.category == "counter"]
+    invented = [c for c in counter if registry.unknown(c.messages[0].content)]
+    assert len(invented) >= 100
+    for name in ["/send", "/mute", "/local", "/pass", "/network", "/relay", "/sms"]:
+        assert any(name in c.messages[0].content.lower().split() for c in invented), name
+    assert any(c.messages[0].content.startswith("/message bob1") for c in counter)
+    assert any(c.messages[0].content == "/weather denver" for c in counter)
+    # the taught command is not a word the user typed ("mute yourself" -> /stop)
+    not_a_word = [
+        c
+        for c in counter
+        if (named := {m.written.lstrip("/") for m in registry.mentions(c.reply) if m.canonical})
+        and not named & set(data.normalize(c.messages[0].content).split())
+    ]
+    assert len(not_a_word) >= 150
+
+
+def test_follow_ups_without_visible_history_get_a_short_question_back(train):
+    follow = [c for c in train if c.category == "follow_up"]
+    assert len(follow) >= 30
+    for c in follow:
+        assert len(c.messages) == 2 and not c.channel, c.line
+        assert "?" in c.reply and len(c.reply.encode()) <= 160, c.line
 
 
 def test_multi_turn_rows_have_two_or_three_exchanges(train):
@@ -84,12 +119,16 @@ def test_multi_turn_rows_have_two_or_three_exchanges(train):
             assert len(c.replies) in (2, 3), c.line
 
 
-def test_at_least_200_prompts_have_mesh_masters_exact_shape(train):
-    shaped = [c for c in train if question_of(c.messages[0].content) != c.messages[0].content]
-    assert len(shaped) >= 200
-    assert len({c.category for c in shaped}) == len(MIN_PER_CATEGORY)
-    for c in shaped:
-        assert c.messages[0].content.endswith("\nAnswer:") and c.messages[0].content.isascii()
+def test_rows_are_plain_conversations_and_channel_rows_are_flagged(train):
+    # the Mesh Master request is rendered at load time by one builder, never stored
+    for c in train:
+        assert c.messages[0].role == "user", c.line
+        for m in c.messages:
+            assert question_of(m.content) == m.content and "Context:" not in m.content, c.line
+        assert c.meta.get("channel", True) is True, c.line  # the key is true or absent
+    channel = [c for c in train if c.channel]
+    assert 200 <= len(channel) <= len(train) // 2
+    assert len({c.category for c in channel}) >= 10
 
 
 def eval_items() -> list[dict]:

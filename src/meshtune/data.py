@@ -499,7 +499,9 @@ def _lint_replies(
                 "dm-only": f"{misuse.written} on a channel row; it works only in a DM",
                 "alias": f"the alias {misuse.written} instead of {misuse.canonical}",
             }[misuse.kind]
-            yield Issue(MISUSE_CODES[misuse.kind], path, conv.line, f"{which} uses {what}", misuse.hint)
+            yield Issue(
+                MISUSE_CODES[misuse.kind], path, conv.line, f"{which} uses {what}", misuse.hint
+            )
 
 
 def _lint_rare_commands(
