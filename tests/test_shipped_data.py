@@ -1,6 +1,7 @@
 """The curated dataset meshtune ships: clean, covering, the right shape, disjoint from eval."""
 
 import json
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest
 
 from meshtune import data
 from meshtune.commands import load_registry
+from meshtune.evaluate.metrics import measure
+from meshtune.evaluate.suite import load_suite
 from meshtune.meshmaster import question_of
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -135,14 +138,73 @@ def eval_items() -> list[dict]:
     return [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
 
 
-def test_the_eval_suite_has_150_items_with_the_suite_keys():
+def test_the_eval_suite_has_150_items_with_the_suite_keys_and_a_good_and_bad_reply():
     items = eval_items()
     assert len(items) >= 150
-    keys = {"id", "category", "expect_any", "expect_all", "forbid", "max_chars"}
+    keys = {"id", "category", "expect_any", "expect_all", "forbid", "max_chars", "good", "bad"}
     for item in items:
         assert keys <= item.keys() and ("prompt" in item) != ("messages" in item), item["id"]
-        assert set(item) - keys <= {"prompt", "messages"}
+        assert set(item) - keys <= {"prompt", "messages", "channel"}
+        assert item.get("channel", True) is True, item["id"]
     assert len({i["id"] for i in items}) == len(items)
+
+
+ITEM_CHECKS = {"missing-expected", "missing-required", "forbidden", "too-long"}
+
+
+@pytest.mark.parametrize("item", load_suite(str(EVAL)).items, ids=lambda i: i.id)
+def test_every_eval_items_checks_accept_its_good_reply_and_reject_its_bad_one(item):
+    registry = load_registry()
+    good = measure(item.good, "stop", item, registry)
+    assert good["passed"], good["failures"]
+    assert registry.misuses(item.good, item.channel) == []  # canonical names, right usage
+    bad = measure(item.bad, "stop", item, registry)
+    # the item's own checks catch it, not only the registry's invented-command detector
+    assert set(bad["failures"]) & ITEM_CHECKS, bad["failures"]
+
+
+# Content-word overlap, the bound between an eval prompt and the training prompts: the words of
+# a user turn (lowercase runs of letters, digits and "/"; apostrophes dropped, so "what's" is
+# "whats") minus the STOPWORDS below, and the overlap of two turns is their Jaccard index:
+# shared words / all words of either. An eval item's overlap is the largest over its user turns
+# and every user turn of the training file; it must stay below MAX_OVERLAP, or the suite
+# measures recall of the training set rather than what the model learned.
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at for with by from is are was were be been am do does "
+    "did i you he she it we they me my your our their this that these those what whats how why "
+    "when where who which can could would should will shall may might must have has had not no "
+    "yes so just about there here get got any some more very too up out as into than then".split()
+)
+MAX_OVERLAP = 0.5
+_TOKEN = re.compile(r"[a-z0-9/]+")
+
+
+def content_words(text: str) -> frozenset[str]:
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return frozenset(w for w in _TOKEN.findall(text) if w not in STOPWORDS)
+
+
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def test_content_word_overlap_is_the_jaccard_index_of_words_outside_the_stopwords():
+    a = content_words("What's the SNR floor on LongFast?")
+    assert a == {"snr", "floor", "longfast"}
+    assert overlap(a, content_words("longfast snr limit")) == 0.5
+
+
+def test_no_eval_prompt_shares_half_its_content_words_with_a_training_prompt(train):
+    trained = {content_words(m.content) for c in train for m in c.messages if m.role == "user"}
+    close = {}
+    for item in load_suite(str(EVAL)).items:
+        for turn in item.turns:
+            if turn.role == "user":
+                words = content_words(turn.content)
+                worst = max(overlap(words, t) for t in trained)
+                if worst >= MAX_OVERLAP:
+                    close[item.id] = round(worst, 2)
+    assert close == {}
 
 
 def test_no_eval_prompt_appears_in_the_training_data(train):
