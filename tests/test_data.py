@@ -10,7 +10,7 @@ from tests.conftest import chat, rows_file
 from meshtune import data
 from meshtune.data import DatasetSpec, check, read_dataset
 from meshtune.errors import MeshtuneError
-from meshtune.meshmaster import build_prompt
+from meshtune.meshmaster import Line, build_prompt
 
 GOOD = chat("how do i relay to bob?", "DM me 'bob <your message>' and I'll pass it to BOB.")
 
@@ -268,7 +268,7 @@ def test_duplicates_conflicts_and_near_duplicates_are_told_apart(tmp_path):
             chat("How do i RELAY", "Send 'name msg' in a DM."),  # near duplicate
             {
                 "conversations": [
-                    {"from": "human", "value": build_prompt("how do i relay", ["A: hi"])},
+                    {"from": "human", "value": build_prompt("how do i relay", history=[Line("A", "hi")])},
                     {"from": "gpt", "value": "DM the bot 'name msg'."},
                 ]
             },  # same question, Mesh Master shape
