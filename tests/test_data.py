@@ -268,7 +268,10 @@ def test_duplicates_conflicts_and_near_duplicates_are_told_apart(tmp_path):
             chat("How do i RELAY", "Send 'name msg' in a DM."),  # near duplicate
             {
                 "conversations": [
-                    {"from": "human", "value": build_prompt("how do i relay", history=[Line("A", "hi")])},
+                    {
+                        "from": "human",
+                        "value": build_prompt("how do i relay", history=[Line("A", "hi")]),
+                    },
                     {"from": "gpt", "value": "DM the bot 'name msg'."},
                 ]
             },  # same question, Mesh Master shape

@@ -21,43 +21,54 @@ TURNS = [
 REPLY = "A 18650 pair (about 6 Ah) rides out a cloudy day for most nodes."
 
 
-def conversation(channel: bool, line: int = 1) -> Conversation:
-    messages = tuple(Message(r, t) for r, t in [*TURNS, ("assistant", REPLY)])
+def conversation(channel: bool, line: int = 1, turns=TURNS) -> Conversation:
+    messages = tuple(Message(r, t) for r, t in [*turns, ("assistant", REPLY)])
     return Conversation(messages, line, {"category": "power", "channel": channel})
 
 
-@pytest.mark.parametrize("channel", [False, True], ids=["dm", "channel"])
-def test_training_row_eval_request_and_meshtune_prompt_are_one_string(cli, tmp_path, channel):
+@pytest.mark.parametrize(
+    ("channel", "turns"), [(False, TURNS[-1:]), (True, TURNS)], ids=["dm", "channel-thread"]
+)
+def test_training_row_eval_request_and_meshtune_prompt_are_one_string(
+    cli, tmp_path, channel, turns
+):
     spec = MeshMasterRequests(share=1.0, senders=["K7QX"])
-    row = render([conversation(channel)], spec, seed=0)[0]
+    row = render([conversation(channel, turns=turns)], spec, seed=0)[0]
     assert [m.role for m in row.messages] == ["user", "assistant"]
     assert row.messages[1].content == REPLY  # only the reply is trained
 
-    item = Item(
-        id="x",
-        messages=[{"role": r, "content": t} for r, t in TURNS],
-        channel=channel,
-    )
+    item = Item(id="x", messages=[{"role": r, "content": t} for r, t in turns], channel=channel)
     request = build_request(item, get_profile("meshmaster"), meshmaster.DEFAULT_SYSTEM_PROMPT)
 
-    history = tmp_path / "history.jsonl"
-    history.write_text(
-        "".join(
-            json.dumps({"from": "K7QX", "text": t, "ai": r == "assistant"}) + "\n"
-            for r, t in TURNS[:-1]
+    args = ["prompt", f"/ai {turns[-1][1]}" if channel else turns[-1][1]]
+    if len(turns) > 1:
+        history = tmp_path / "history.jsonl"
+        history.write_text(
+            "".join(
+                json.dumps({"from": "K7QX", "text": t, "ai": r == "assistant"}) + "\n"
+                for r, t in turns[:-1]
+            )
         )
-    )
-    message = f"/ai {TURNS[-1][1]}" if channel else TURNS[-1][1]
-    args = ["prompt", message, "--history", history] + (["--channel"] if channel else [])
-    printed = cli(*args)
+        args += ["--history", history]
+    printed = cli(*args, *(["--channel"] if channel else []))
     assert printed.code == 0, printed.err
 
     assert row.messages[0].content == request.prompt == printed.out.removesuffix("\n")
-    assert ("my node keeps rebooting" in request.prompt) == channel  # DMs log no words
+    assert ("my node keeps rebooting" in request.prompt) == channel
+
+
+def test_a_multi_turn_dm_stays_a_plain_chat():
+    """The bot would show the model only placeholders for the earlier turns, and the last reply
+    builds on them: rendered, it would teach guessing."""
+    dm = conversation(channel=False)
+    assert render([dm], MeshMasterRequests(share=1.0), seed=0) == [dm]
+    item = Item(id="x", messages=[{"role": r, "content": t} for r, t in TURNS])
+    asked = build_request(item, get_profile("meshmaster"), "SYS").prompt
+    assert "my node keeps rebooting" not in asked  # and the eval asks it as the bot does
 
 
 def test_rendering_is_deterministic_and_renders_the_chosen_share(tmp_path):
-    convs = [conversation(channel=i % 3 == 0, line=i) for i in range(40)]
+    convs = [conversation(channel=i % 3 == 0, line=i, turns=TURNS[-1:]) for i in range(40)]
     spec = MeshMasterRequests(share=0.25)
     first, again = render(convs, spec, seed=7), render(convs, spec, seed=7)
     assert first == again
@@ -78,7 +89,7 @@ def test_rows_the_bot_cannot_send_stay_plain():
 
 
 def test_personas_are_sampled_from_the_list_and_unknown_ones_fail(real):
-    convs = [conversation(channel=False, line=i) for i in range(30)]
+    convs = [conversation(channel=False, line=i, turns=TURNS[-1:]) for i in range(30)]
     spec = MeshMasterRequests(
         share=1.0,
         personas=["trail", "medic"],

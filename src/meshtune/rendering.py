@@ -6,9 +6,8 @@ the seed, so the model is trained on the exact request the bot sends:
 
     [system: deployment prompt] [user: the bot's prompt string] [assistant: the last reply]
 
-A multi-turn DM becomes the bot's placeholder Context with the last user turn as the question
-(the earlier words are gone, as on the radio); a channel thread (`"channel": true` in the row)
-keeps its lines. The rest stay plain chats, as `ollama run` and other clients send them.
+A DM's Context is the bot's placeholder lines; a channel thread (`"channel": true` in the row)
+keeps its words. The rest stay plain chats, as `ollama run` and other clients send them.
 """
 
 import random
@@ -22,13 +21,18 @@ from meshtune.recipe import MeshMasterRequests
 
 
 def renderable(conv: Conversation) -> bool:
-    """Whether the bot could send this conversation: no system turn of its own (the bot has
-    none), and a last message that reaches the model (a slash command is run instead)."""
+    """Whether to send this conversation as the bot's request: no system turn of its own (the
+    bot has none), a last message that reaches the model (a slash command is run instead), and
+    not a multi-turn DM. In a DM the bot shows only placeholders for the earlier turns, so a
+    last reply that builds on them would teach the model to guess what it cannot see; those
+    rows stay plain chats, and the data's follow-up rows teach asking back instead."""
     turns = conv.messages
+    multi_turn_dm = sum(m.role == "user" for m in turns) > 1 and not conv.meta.get("channel")
     return (
         turns[0].role != "system"
         and len(turns) >= 2
         and meshmaster.reaches_model(turns[-2].content)
+        and not multi_turn_dm
     )
 
 
