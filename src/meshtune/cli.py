@@ -286,7 +286,7 @@ def eval_cmd(
         from meshtune.evaluate.report import render_comparison
 
         typer.echo(render_comparison(comp))
-        typer.echo(f"wrote {folder}/compare.md")
+        typer.echo(f"wrote {folder}/compare.md, compare.html")
         raise typer.Exit(0 if comp.b.ready else 1)
     _print_verdict(result)
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
@@ -448,11 +448,39 @@ def deploy_cmd(
         typer.Option(help="Mesh Master's config.json: ollama_model is set (a backup is kept)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Deploy even if verification failed.")] = False,
+    to: Annotated[
+        str | None, typer.Option(help="USER@HOST: deploy to the Pi over ssh (config: its path).")
+    ] = None,
+    restart: Annotated[
+        str | None, typer.Option(help="With --to: the service to restart, e.g. mesh-ai.")
+    ] = None,
+    remote_dir: Annotated[
+        str | None, typer.Option(help="With --to: folder for the files (meshtune-models/NAME).")
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None, typer.Option(help="With --to: an ssh -o option, e.g. Port=2222.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="With --to: print every step, run none.")] = False,
 ) -> None:
-    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json."""
+    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json;
+    with --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
     import shlex
 
     from meshtune import export
+
+    if to is not None:
+        from meshtune.remote import deploy_remote
+
+        cfg = str(mesh_master_config) if mesh_master_config else None
+        done = deploy_remote(run, name, to, cfg, restart, remote_dir, ssh_option or [], force,
+                             dry_run, log=typer.echo)  # fmt: skip
+        if not dry_run:
+            typer.echo(f"deployed {name} to {done.target}:{done.folder}")
+        if done.config and not dry_run:
+            typer.echo(f"set ollama_model in {done.config} (backup: {done.backup})")
+        if done.restarted and not dry_run:
+            typer.echo(f"restarted {done.restarted}")
+        return
 
     result = export.deploy(run, name, mesh_master_config, force)
     command = shlex.join(result.command)
