@@ -21,9 +21,17 @@ from meshtune.evaluate.report import WORST_ITEMS, write_report
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Headless as root on a machine with no network and no screen: no sandbox, no GPU, and none of
 # the background connections Chromium makes at start (they would be refused here).
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1200,900")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+)
 BASE = REPO / "reports" / "baseline-meshmaster"
 TUNED = REPO / "reports" / "embedded-cpu-run" / "tuned"
 
@@ -115,8 +123,13 @@ def test_report_html_shows_verdict_criteria_charts_and_worst_items_without_conso
     result, _, out = reports
     page = out / "tuned" / "report.html"
     assert open_page(browser, page) == []
-    required = ["#verdict", "#criteria", "#length-histogram svg", "#category-bars svg",
-                "#worst-items"]  # fmt: skip
+    required = [
+        "#verdict",
+        "#criteria",
+        "#length-histogram svg",
+        "#category-bars svg",
+        "#worst-items",
+    ]
     assert missing(browser, required) == []
     assert browser.find_element("id", "verdict").text == result.verdict.label
     assert rows(browser, "criteria") == 1 + len(result.verdict.criteria)
@@ -137,8 +150,14 @@ def test_compare_html_shows_both_verdicts_measures_and_category_bars_without_con
     _, comp, out = reports
     page = out / "compare" / "compare.html"
     assert open_page(browser, page) == []
-    required = ["#verdict-a", "#verdict-b", "#measures", "#category-bars svg", "#improved",
-                "#regressed"]  # fmt: skip
+    required = [
+        "#verdict-a",
+        "#verdict-b",
+        "#measures",
+        "#category-bars svg",
+        "#improved",
+        "#regressed",
+    ]
     assert missing(browser, required) == []
     assert browser.find_element("id", "verdict-a").text.endswith(comp.a.verdict.label)
     assert browser.find_element("id", "verdict-b").text.endswith(comp.b.verdict.label)

@@ -28,8 +28,11 @@ def test_the_parameters_are_one_cell_near_the_top_and_nothing_else_sets_them():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     i = _parameters_index(nb)
     assert i <= 1
-    names = [line.split("=")[0].strip() for line in nb.cells[i].source.splitlines()
-             if "=" in line and not line.startswith("#")]  # fmt: skip
+    names = [
+        line.split("=")[0].strip()
+        for line in nb.cells[i].source.splitlines()
+        if "=" in line and not line.startswith("#")
+    ]
     later = "\n".join(c.source for c in nb.cells[i + 1 :] if c.cell_type == "code")
     for name in names:
         assert f"\n{name} =" not in f"\n{later}", f"{name} is set again after the parameters cell"
@@ -63,8 +66,13 @@ def test_the_colab_notebook_executes_every_cell_on_cpu_with_the_embedded_model(t
     assert "base smollm2-135m (CPU), recipe recipes/embedded-cpu.yaml" in printed
     assert "0 errors" in printed  # data check
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 2
-    html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code"
-            for o in c.outputs if "text/html" in o.get("data", {})]  # fmt: skip
+    html = [
+        o["data"]["text/html"]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "text/html" in o.get("data", {})
+    ]
     assert any("meshtune compare: A smollm2-135m vs B run" in h for h in html)
     assert any("<p id='verdict'" in h for h in html)  # the tuned model's report, inline
     export = json.loads((run / "export.json").read_text())

@@ -88,9 +88,18 @@ def _ollama_standin(pi: Pi) -> ThreadingHTTPServer:
             elif body["model"] not in known:
                 self._send(404, [{"error": f"model '{body['model']}' not found"}])
                 return
-            self._send(200, [{"response": "Hi! I'm Mesh Master", "done": False},
-                             {"response": ", the mesh's AI.", "done": True,
-                              "done_reason": "stop", "eval_count": 9}])  # fmt: skip
+            self._send(
+                200,
+                [
+                    {"response": "Hi! I'm Mesh Master", "done": False},
+                    {
+                        "response": ", the mesh's AI.",
+                        "done": True,
+                        "done_reason": "stop",
+                        "eval_count": 9,
+                    },
+                ],
+            )
 
         def _send(self, code: int, chunks: list[dict]) -> None:
             data = b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
@@ -114,13 +123,17 @@ def pi(tmp_path: Path) -> Iterator[Pi]:
     keys, home, bin_ = tmp_path / "keys", tmp_path / "pi", tmp_path / "pi-bin"
     for d in (keys, home, bin_):
         d.mkdir()
-    for name, text in {"ollama": STANDIN_OLLAMA, "sudo": STANDIN_SUDO,
-                       "systemctl": STANDIN_SYSTEMCTL}.items():  # fmt: skip
+    for name, text in {
+        "ollama": STANDIN_OLLAMA,
+        "sudo": STANDIN_SUDO,
+        "systemctl": STANDIN_SYSTEMCTL,
+    }.items():
         (bin_ / name).write_text(text)
         (bin_ / name).chmod(0o755)
     for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / key],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / key], check=True
+        )
     shutil.copy(keys / "user.pub", keys / "authorized_keys")
     port = _free_port()
     (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {(keys / 'host.pub').read_text()}")
@@ -132,8 +145,7 @@ def pi(tmp_path: Path) -> Iterator[Pi]:
         "Subsystem sftp /usr/lib/openssh/sftp-server\n"
         f"SetEnv PATH={bin_}:/usr/bin:/bin STANDIN={home}\n"
     )
-    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", keys / "sshd_config"],
-                            stderr=subprocess.PIPE)  # fmt: skip
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", keys / "sshd_config"], stderr=subprocess.PIPE)
     config = home / "config.json"
     pi = Pi(
         home,
@@ -185,9 +197,20 @@ def run_dir(tmp_path: Path) -> Path:
 
 def deploy(cli, pi: Pi, run: Path, *extra: str, name: str = "meshtune-v2"):
     opts = [x for o in pi.ssh_options for x in ("--ssh-option", o)]
-    return cli("deploy", run, "--name", name, "--to", pi.target, "--remote-dir",
-               pi.home / "models" / name, "--mesh-master-config", pi.config, *opts,
-               *extra)  # fmt: skip
+    return cli(
+        "deploy",
+        run,
+        "--name",
+        name,
+        "--to",
+        pi.target,
+        "--remote-dir",
+        pi.home / "models" / name,
+        "--mesh-master-config",
+        pi.config,
+        *opts,
+        *extra,
+    )
 
 
 def test_deploy_to_copies_creates_asks_and_changes_one_key_via_real_sshd_and_standin_ollama(
@@ -255,14 +278,31 @@ def test_the_running_model_name_is_refused_so_it_is_never_overwritten(cli, pi, r
 
 
 def test_dry_run_prints_every_step_and_connects_nowhere(cli, tmp_path: Path, run_dir: Path):
-    r = cli("deploy", run_dir, "--name", "meshtune-v2", "--to", "pi@meshpi.invalid",
-            "--mesh-master-config", "~/mesh-master/config.json", "--restart", "mesh-ai",
-            "--dry-run")  # fmt: skip
+    r = cli(
+        "deploy",
+        run_dir,
+        "--name",
+        "meshtune-v2",
+        "--to",
+        "pi@meshpi.invalid",
+        "--mesh-master-config",
+        "~/mesh-master/config.json",
+        "--restart",
+        "mesh-ai",
+        "--dry-run",
+    )
     assert r.code == 0, r.err
     steps = [line.split(":")[0] for line in r.out.splitlines()[1:]]
-    assert steps == ["check ollama", "read config.json", "make the model folder",
-                     "copy GGUF and Modelfile", "ollama create", "ask the new model",
-                     "set ollama_model", "restart mesh-ai"]  # fmt: skip
+    assert steps == [
+        "check ollama",
+        "read config.json",
+        "make the model folder",
+        "copy GGUF and Modelfile",
+        "ollama create",
+        "ask the new model",
+        "set ollama_model",
+        "restart mesh-ai",
+    ]
     assert "scp -q" in r.out and "pi@meshpi.invalid:meshtune-models/meshtune-v2/" in r.out
     assert "cd -- meshtune-models/meshtune-v2 && ollama create meshtune-v2" in r.out
     assert "cp -p -- mesh-master/config.json mesh-master/config.json." in r.out  # the backup

@@ -217,9 +217,11 @@ def deploy_remote(
     commands.append(("ask the new model", ssh.ssh_argv(post), body))
     for step, argv, stdin in commands:
         if dry_run:
-            shown = shlex.join(argv) if step != "ask the new model" else (
-                f"ssh {ssh.target} python3 (POST {url}): {body.decode()}"
-            )  # fmt: skip
+            shown = (
+                shlex.join(argv)
+                if step != "ask the new model"
+                else (f"ssh {ssh.target} python3 (POST {url}): {body.decode()}")
+            )
             log(f"{step}: {shown}")
             continue
         out = ssh.run(step, argv, stdin)

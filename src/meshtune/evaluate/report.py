@@ -360,8 +360,13 @@ def comparison_bars(comp: "Comparison") -> str:
     for offset, side, color in ((-0.2, "a", "#95a5a6"), (0.2, "b", "#2c3e50")):
         rates = [c[side] or 0 for c in comp.categories]
         label = comp.a.summary["label"] if side == "a" else comp.b.summary["label"]
-        ax.barh([y + offset for y in ys], rates, height=0.4, color=color,
-                label=f"{side.upper()} {label}")  # fmt: skip
+        ax.barh(
+            [y + offset for y in ys],
+            rates,
+            height=0.4,
+            color=color,
+            label=f"{side.upper()} {label}",
+        )
     ax.set_yticks(list(ys), names)
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
