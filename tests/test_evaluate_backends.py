@@ -278,17 +278,15 @@ def fake_ollama():
     server.shutdown()
 
 
-def test_ollama_backend_sends_mesh_masters_exact_body_to_a_fake_ollama(fake_ollama):
+def test_ollama_backend_posts_the_body_meshtune_prompt_prints_to_a_fake_ollama(fake_ollama, cli):
+    """The only addition to the bot's body is the seed, so samples are reproducible."""
     backend = OllamaBackend(fake_ollama, "mesh-master-bot")
     gen = backend.generate(request("meshmaster"), seed=2)
     path, body = FakeOllama.requests[0]
     assert path == "/api/generate"
-    assert body == {
-        "model": "mesh-master-bot",
-        "prompt": meshmaster.build_prompt("How do I relay to alice?"),
-        "stream": True,
-        "options": {**meshmaster.OPTIONS, "seed": 2},
-    }
+    printed = cli("prompt", "How do I relay to alice?", "--model", "mesh-master-bot", "--json")
+    bot_body = json.loads(printed.out)
+    assert body == {**bot_body, "options": {**bot_body["options"], "seed": 2}}
     assert gen.text == "Just DM me 'alice <msg>'." and gen.finish_reason == "stop"
     assert gen.completion_tokens == 7 and gen.prompt_tokens == 90
 

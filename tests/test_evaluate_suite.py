@@ -117,25 +117,26 @@ def test_meshmaster_request_is_system_prompt_plus_mesh_masters_prompt_string():
         {"role": "user", "content": meshmaster.build_prompt("How do I relay to alice?")},
     ]
     assert req.prompt.endswith("Question: How do I relay to alice?\nAnswer:")
-    assert req.profile.options == meshmaster.OPTIONS
+    assert req.profile.options == meshmaster.SHIPPED.options()  # num_ctx from the config
 
 
-def test_earlier_turns_become_context_lines_under_meshmaster(tmp_path):
-    rows = [
-        {
-            "id": "b",
-            "messages": [
-                {"role": "user", "content": "whats snr"},
-                {"role": "assistant", "content": "Signal to noise, in dB."},
-                {"role": "user", "content": "and a good one?"},
-            ],
-        }
+def test_earlier_turns_are_the_bots_log_under_meshmaster(tmp_path):
+    """In a DM the bot logs no words, only placeholders; on a channel the thread keeps them."""
+    messages = [
+        {"role": "user", "content": "whats snr"},
+        {"role": "assistant", "content": "Signal to noise, in dB."},
+        {"role": "user", "content": "and a good one?"},
     ]
-    item = load_suite(str(rows_file(tmp_path, rows))).items[0]
-    req = build_request(item, get_profile("meshmaster"), "SYS")
+    rows = [{"id": "dm", "messages": messages}, {"id": "ch", "messages": messages, "channel": True}]
+    dm, ch = load_suite(str(rows_file(tmp_path, rows))).items
+    req = build_request(dm, get_profile("meshmaster"), "SYS")
     assert req.system == "SYS" and len(req.turns) == 1
-    assert "Context:\nUSR: whats snr\nBOT: Signal to noise, in dB.\n\n" in req.prompt
-    assert req.prompt.endswith("Question: and a good one?\nAnswer:")
+    placeholders = "K7QX: 📨 dm received\nNode_Mesh Master: 📨 dm received\nK7QX: 📨 dm received"
+    assert f"Context:\n{placeholders}\n\nQuestion: and a good one?\nAnswer:" in req.prompt
+    thread = "K7QX: whats snr\nNode_Mesh Master: Signal to noise, in dB."
+    channel = build_request(ch, get_profile("meshmaster"), "SYS").prompt
+    assert channel.endswith(f"Context:\n{thread}\n\nQuestion: and a good one?\nAnswer:")
+    item = dm
     plain = build_request(item, get_profile("modelfile"), "SYS")
     assert [t["content"] for t in plain.turns] == [t.content for t in item.turns]
 

@@ -213,6 +213,70 @@ def train_cmd(
     )
 
 
+# ---------------------------------------------------------------- prompt
+
+MeshConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mesh-master-config",
+        help="The bot's config.json (default: the config Mesh Master ships with).",
+    ),
+]
+PersonasOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="The bot's personas (JSON list, or an object with `personalities`), for a config "
+        "without ai_personalities (meshtune itself knows only the default, trail)."
+    ),
+]
+PersonaOpt = Annotated[
+    str | None, typer.Option(help="The sender's persona id (default: the config's default).")
+]
+
+
+@app.command("prompt")
+def prompt_cmd(
+    message: Annotated[str, typer.Argument(help="The incoming message (on a channel: /ai ...).")],
+    mesh_master_config: MeshConfigOpt = None,
+    personas: PersonasOpt = None,
+    persona: PersonaOpt = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help='Earlier messages of the DM or channel, JSONL: {"from": "<shortname>", '
+            '"text": "...", "ai": false} (ai: true for the bot\'s own replies).'
+        ),
+    ] = None,
+    sender: Annotated[str, typer.Option(help="The sender's shortname.")] = "K7QX",
+    bot: Annotated[
+        str | None,
+        typer.Option(help="The bot node's shortname (used when the config sets force_node_num)."),
+    ] = None,
+    channel: Annotated[
+        bool, typer.Option("--channel", help="The message was sent on a channel, not as a DM.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model name in the body (default: the config's).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the /api/generate body the bot posts.")
+    ] = False,
+) -> None:
+    """Show exactly what Mesh Master sends its model for MESSAGE: the prompt string (Ollama
+    renders it as the user turn), or with --json the whole request body."""
+    from meshtune import meshmaster
+
+    config = meshmaster.load_config(mesh_master_config, personas)
+    lines = meshmaster.load_history(history) if history else []
+    request = meshmaster.build_request(
+        message, config, persona=persona, history=lines, sender=sender, bot=bot, channel=channel
+    )
+    if as_json:
+        _echo_json(request.body(model or config.model))
+    else:
+        typer.echo(request.prompt)
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -256,10 +320,14 @@ def eval_cmd(
         typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
     ] = None,
     registry: RegistryOpt = None,
+    mesh_master_config: MeshConfigOpt = None,
+    personas: PersonasOpt = None,
+    persona: PersonaOpt = None,
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies."""
     from meshtune import evaluate as ev
+    from meshtune.meshmaster import load_config
 
     opts = dict(
         backend=backend,
@@ -271,6 +339,8 @@ def eval_cmd(
         seed=seed,
         threads=threads,
         registry=load_registry(registry),
+        bot=load_config(mesh_master_config, personas),
+        persona=persona,
     )
     with _progress() as progress:
         if compare:
@@ -506,11 +576,17 @@ def run_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     samples: Annotated[int, typer.Option(help="Replies per eval item.")] = 3,
     suite: Annotated[str, typer.Option(help="Eval suite: mesh, quick or a JSONL file.")] = "mesh",
+    mesh_master_config: MeshConfigOpt = None,
+    personas: PersonasOpt = None,
+    persona: PersonaOpt = None,
 ) -> None:
     """The whole path on the embedded default: train, export (GGUF + Modelfile, proven), and
     evaluate base vs tuned the way Mesh Master calls the model. Exit 0 when READY."""
     from meshtune import pipeline
+    from meshtune.meshmaster import load_config
 
+    bot = load_config(mesh_master_config, personas)
+    bot.persona(persona)  # an unknown persona fails before training starts
     result = pipeline.run(
         recipe or pipeline.DEFAULT_RECIPE,
         output_dir,
@@ -518,6 +594,8 @@ def run_cmd(
         samples=samples,
         suite=suite,
         log=typer.echo,
+        bot=bot,
+        persona=persona,
     )
     train, comparison = result["train"], result.get("comparison")
     if comparison:  # the same view as `meshtune eval --compare`

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meshtune.errors import MeshtuneError
+from meshtune.meshmaster import SHIPPED, BotConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "embedded-cpu.yaml"
@@ -24,8 +25,11 @@ def run(
     samples: int = 3,
     suite: str = "mesh",
     log: Callable[[str], None] = print,
+    bot: BotConfig = SHIPPED,
+    persona: str | None = None,
 ) -> dict[str, Any]:
-    """Train, export and evaluate; returns what each stage measured (also in RUN/run.json)."""
+    """Train, export and evaluate; returns what each stage measured (also in RUN/run.json).
+    The evaluation sends Mesh Master's request for the operator's config `bot` and `persona`."""
     from meshtune.evaluate import compare, evaluate
     from meshtune.export import export
     from meshtune.files import write_json
@@ -49,7 +53,8 @@ def run(
 
     log(f"== eval: the {suite} suite under Mesh Master's request, through llama.cpp")
     out = run_dir / "eval"
-    tuned = evaluate(str(run_dir), suite, backend="llamacpp", samples=samples, out=out / "tuned")
+    asked = {"backend": "llamacpp", "samples": samples, "bot": bot, "persona": persona}
+    tuned = evaluate(str(run_dir), suite, out=out / "tuned", **asked)
     result: dict[str, Any] = {
         "run_dir": str(run_dir),
         "train": {
@@ -69,7 +74,7 @@ def run(
     }
     base = loaded.recipe.base_model
     if _runs_in_llama_cpp(base):  # the baseline the training must beat
-        evaluate(base, suite, backend="llamacpp", samples=samples, out=out / "base")
+        evaluate(base, suite, out=out / "base", **asked)
         result["comparison"] = compare(
             str(out / "base"), str(out / "tuned"), suite, out=out
         ).to_dict()

@@ -31,8 +31,9 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
-from meshtune.evaluate.profiles import build_request, get_profile
+from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
 from meshtune.evaluate.suite import Item, Suite, load_suite
+from meshtune.meshmaster import SHIPPED, BotConfig
 
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result"]
 
@@ -65,34 +66,40 @@ def evaluate(
     threads: int | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    bot: BotConfig = SHIPPED,
+    persona: str | None = None,
 ) -> EvalResult:
     """Run every suite item through the model under a profile and judge the replies.
 
     Sampled profiles draw `samples` replies per item with seeds seed, seed+1, ...; the same
     seeds for every item and every model, so comparisons are paired. With `out`, the report
-    files are written there.
+    files are written there. Under Mesh Master's profiles, `bot` (the operator's config) and
+    `persona` shape the request as the bot builds it.
     """
     if samples < 1:
         raise MeshtuneError(f"--samples {samples}: must be at least 1")
     the_suite = suite if isinstance(suite, Suite) else load_suite(suite)
     gate_cfg = gate if isinstance(gate, GateConfig) else load_gate(gate)
     spec = resolve_model(model, backend, system)
-    prof = get_profile(profile, spec.modelfile_options)
+    prof = get_profile(profile, spec.modelfile_options, bot)
+    bot.persona(persona)  # an unknown persona fails before the model loads
+    ask = Asker(prof, spec.system_prompt, bot, persona)
     n = samples if prof.sampled else 1  # a greedy reply is the same every time
     registry = registry or load_registry()
     start = time.perf_counter()
     engine = open_backend(spec, url, threads)
     try:
         loaded = time.perf_counter()
-        rows = _run(engine, the_suite, spec, prof, n, seed, registry, progress)
+        rows = _run(engine, the_suite, ask, n, seed, registry, progress)
         generation = time.perf_counter() - loaded
     finally:
         engine.close()
     wall = time.perf_counter() - start
     metrics.mark_canned(rows)
-    first = build_request(the_suite.items[0], prof, spec.system_prompt)
+    first = ask(the_suite.items[0])
     summary = {
         **_run_info(spec, the_suite, prof.name, prof.options, n, seed, wall),
+        **({"mesh_master": ask.describe()} if prof.mesh_master_prompt else {}),
         "request_example": first.messages,  # exactly what the first item sent
         **metrics.summarize(rows, generation),
     }
@@ -107,11 +114,27 @@ def evaluate(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """Turns suite items into requests: one profile, system prompt, bot config and persona."""
+
+    profile: Profile
+    system_prompt: str
+    bot: BotConfig
+    persona: str | None
+
+    def __call__(self, item: Item) -> Request:
+        return build_request(item, self.profile, self.system_prompt, self.bot, self.persona)
+
+    def describe(self) -> dict[str, Any]:
+        persona = self.bot.persona(self.persona)
+        return {"config": self.bot.source, "persona": persona.id if persona else None}
+
+
 def _run(
     engine: Backend,
     suite: Suite,
-    spec: ModelSpec,
-    prof: Any,
+    ask: Asker,
     samples: int,
     seed: int,
     registry: Registry,
@@ -130,7 +153,7 @@ def _run(
             if failed.is_set():  # another lane hit an error: stop early
                 return
             item = suite.items[i]
-            request = build_request(item, prof, spec.system_prompt)
+            request = ask(item)
             try:
                 if hasattr(engine, "generate_batch"):  # llama.cpp: samples decoded together
                     gens = engine.generate_batch(request, seeds, lane=k)

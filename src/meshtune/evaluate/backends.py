@@ -230,6 +230,7 @@ class LlamaCppBackend:
         # shared, not duplicated).
         params = C.llama_context_params.from_buffer_copy(self.llm.context_params)
         params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = _Lane.BATCH  # a prompt chunk is decoded at once
         params.n_seq_max = self.MAX_SEQ
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = 1

@@ -1,7 +1,8 @@
 """Profiles: what the request to the model looks like.
 
-- meshmaster (default): the user turn is the one prompt string Mesh Master sends (its config's
-  system text, `Context:` lines, `Question: ...`, `Answer:`), with the options it sends.
+- meshmaster (default): the user turn is the one prompt string Mesh Master sends, built by
+  meshmaster.build_request from the operator's config and persona (the system block, the
+  `Context:` log lines, `Question: ...`, `Answer:`), with the options it sends.
 - modelfile: the plain chat (as `ollama run` sends it) with the Modelfile's PARAMETERs.
 - no-penalty: meshmaster with repeat_penalty 1.0; a model that avoids loops only because of
   the penalty is not fixed.
@@ -35,11 +36,6 @@ GUIDE_MODELFILE_OPTIONS = {
 }
 UNLIMITED_CAP = 512
 SAMPLING_KEYS = ("num_predict", "temperature", "top_p", "top_k", "repeat_penalty", "min_p")
-
-# Mesh Master writes history as `<shortname>: <text>` lines; these stand in for the user's
-# node and the bot's node in multi-turn suite items.
-USER_NAME = "USR"
-BOT_NAME = "BOT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +76,12 @@ class Request:
         return self.turns[-1]["content"]
 
 
-def get_profile(name: str, modelfile_options: dict[str, Any] | None = None) -> Profile:
-    base = dict(meshmaster.OPTIONS)
+def get_profile(
+    name: str,
+    modelfile_options: dict[str, Any] | None = None,
+    bot: meshmaster.BotConfig = meshmaster.SHIPPED,
+) -> Profile:
+    base = bot.options()
     if name == "meshmaster":
         return Profile(name, base, True)
     if name == "no-penalty":
@@ -94,21 +94,28 @@ def get_profile(name: str, modelfile_options: dict[str, Any] | None = None) -> P
     raise MeshtuneError(f"unknown profile '{name}'; use one of {', '.join(PROFILES)}")
 
 
-def build_request(item: Item, profile: Profile, system_prompt: str) -> Request:
+def build_request(
+    item: Item,
+    profile: Profile,
+    system_prompt: str,
+    bot: meshmaster.BotConfig = meshmaster.SHIPPED,
+    persona: str | None = None,
+) -> Request:
     """The request for one suite item, as the deployed model receives it.
 
     The system message is the deployment system prompt (the Modelfile's SYSTEM), unless the
-    item brings its own system turn. Under Mesh Master's profiles, earlier turns become
-    `Context:` lines and the user turn is meshmaster.build_prompt's string.
+    item brings its own system turn. Under Mesh Master's profiles the user turn is the prompt
+    string the bot builds (meshmaster.chat_prompt) for the operator's config and persona.
     """
     turns = item.turns
     own_system = turns[0].role == "system"
     if own_system:
         system_prompt, turns = turns[0].content, turns[1:]
     if profile.mesh_master_prompt:
-        names = {"user": USER_NAME, "assistant": BOT_NAME}
-        context = [f"{names[t.role]}: {t.content}" for t in turns[:-1]]
-        chat = [{"role": "user", "content": meshmaster.build_prompt(turns[-1].content, context)}]
+        prompt = meshmaster.chat_prompt(
+            [(t.role, t.content) for t in turns], bot, persona=persona, channel=item.channel
+        )
+        chat = [{"role": "user", "content": prompt}]
     else:
         chat = [{"role": t.role, "content": t.content} for t in turns]
     return Request(system_prompt, chat, profile, own_system)

@@ -48,6 +48,7 @@ class Item(BaseModel):
     expect_all: tuple[str, ...] = ()
     forbid: tuple[str, ...] = ()
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
+    channel: bool = False  # asked on a channel (`/ai ...`), not in a DM
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "Item":
