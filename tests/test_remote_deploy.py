@@ -217,6 +217,7 @@ def test_deploy_to_copies_creates_asks_and_changes_one_key_via_real_sshd_and_sta
     cli, pi: Pi, run_dir: Path
 ):
     before = pi.config.read_text()
+    (pi.home / "config-before.json").write_text(before)
     r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
     assert r.code == 0, r.err
     folder = pi.home / "models" / "meshtune-v2"
@@ -226,11 +227,9 @@ def test_deploy_to_copies_creates_asks_and_changes_one_key_via_real_sshd_and_sta
     # the bot's own request reached the Pi's Ollama: its prompt and options, the config's num_ctx
     shipped = json.loads(before)
     (body,) = pi.requests
-    assert body["model"] == "meshtune-v2" and body["stream"] is True
-    assert body["prompt"] == meshmaster.build_prompt(
-        quick_prompts()[0], system_prompt=shipped["system_prompt"]
-    )
-    assert body["options"] == {**meshmaster.OPTIONS, "num_ctx": shipped["ollama_num_ctx"]}
+    as_read = meshmaster.load_config(pi.home / "config-before.json")
+    assert body == meshmaster.build_request(quick_prompts()[0], as_read).body("meshtune-v2")
+    assert body["stream"] is True and body["options"]["num_ctx"] == shipped["ollama_num_ctx"]
     # config.json: a byte-exact backup, and only ollama_model changed
     (backup,) = pi.home.glob("config.json.*.bak")
     assert backup.read_text() == before

@@ -541,14 +541,24 @@ def deploy_cmd(
     if to is not None:
         from meshtune.remote import deploy_remote
 
-        cfg = str(mesh_master_config) if mesh_master_config else None
-        done = deploy_remote(run, name, to, cfg, restart, remote_dir, ssh_option or [], force,
-                             dry_run, log=typer.echo)  # fmt: skip
-        if not dry_run:
-            typer.echo(f"deployed {name} to {done.target}:{done.folder}")
-        if done.config and not dry_run:
+        done = deploy_remote(
+            run,
+            name,
+            to,
+            config=str(mesh_master_config) if mesh_master_config else None,
+            restart=restart,
+            remote_dir=remote_dir,
+            ssh_options=ssh_option or [],
+            force=force,
+            dry_run=dry_run,
+            log=typer.echo,
+        )
+        if dry_run:
+            return
+        typer.echo(f"deployed {name} to {done.target}:{done.folder}")
+        if done.config:
             typer.echo(f"set ollama_model in {done.config} (backup: {done.backup})")
-        if done.restarted and not dry_run:
+        if done.restarted:
             typer.echo(f"restarted {done.restarted}")
         return
 
@@ -563,6 +573,42 @@ def deploy_cmd(
             f"set ollama_model to {name!r} in {result.config} (backup: {result.backup}); "
             "restart Mesh Master (sudo systemctl restart mesh-ai)"
         )
+
+
+@app.command("chat")
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="A run directory, a .gguf file, or 'smollm2-135m'.")],
+    raw: Annotated[
+        bool, typer.Option(help="A plain chat with the Modelfile's options, not the bot's.")
+    ] = False,
+    mesh_master_config: MeshConfigOpt = None,
+    personas: PersonasOpt = None,
+    persona: PersonaOpt = None,
+    channel: Annotated[
+        bool, typer.Option(help="Start on a channel (messages go as /ai ...), not in a DM.")
+    ] = False,
+    sender: Annotated[str, typer.Option(help="Your node's shortname.")] = "K7QX",
+    seed: Annotated[int, typer.Option(help="Seed of the first reply (then +1 per reply).")] = 0,
+    registry: RegistryOpt = None,
+) -> None:
+    """Talk to the model through llama.cpp as Mesh Master will: each reply with its characters,
+    UTF-8 bytes, 160-byte radio chunks, the 80-token cap, and commands the bot does not have."""
+    from rich.console import Console
+
+    from meshtune import chat_terminal
+
+    session = chat_terminal.open_session(
+        model,
+        raw=raw,
+        config=mesh_master_config,
+        personas=personas,
+        persona=persona,
+        channel=channel,
+        sender=sender,
+        seed=seed,
+        registry=load_registry(registry),
+    )
+    chat_terminal.run(session, Console(highlight=False))
 
 
 @app.command("run")

@@ -136,26 +136,23 @@ def _local_files(folder: Path, force: bool) -> tuple[Path, Path]:
     return mf_path, gguf
 
 
-def bot_request(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Mesh Master's /api/generate body for the guide's first quick prompt."""
-    system = config.get("system_prompt", meshmaster.SYSTEM_PROMPT)
-    options = dict(meshmaster.OPTIONS)
-    if "ollama_num_ctx" in config:
-        options["num_ctx"] = config["ollama_num_ctx"]
-    prompt = meshmaster.build_prompt(quick_prompts()[0], system_prompt=system)
-    return {"model": name, "prompt": prompt, "stream": True, "options": options}
+def bot_request(name: str, bot: meshmaster.BotConfig) -> dict[str, Any]:
+    """Mesh Master's /api/generate body for the guide's first quick prompt, sent as a DM."""
+    return meshmaster.build_request(quick_prompts()[0], bot).body(name)
 
 
-def _new_config(text: str, name: str, where: str) -> str:
-    """config.json with only `ollama_model` changed, by export's own editor on a local copy."""
+def _read_config(text: str, name: str, where: str) -> tuple[meshmaster.BotConfig, str]:
+    """The Pi's config.json as the bot reads it, and its text with only `ollama_model`
+    changed (by export's own editor), both from a local copy."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(text, encoding="utf-8")
         try:
+            bot = meshmaster.load_config(path)
             set_ollama_model(path, name)
         except MeshtuneError as e:
             raise MeshtuneError(str(e).replace(str(path), where)) from e
-        return path.read_text(encoding="utf-8")
+        return bot, path.read_text(encoding="utf-8")
 
 
 def deploy_remote(
@@ -187,6 +184,7 @@ def deploy_remote(
         log("dry run: nothing is copied, created or changed; these steps would run:")
     # 1. What the Pi has: ollama, and the config whose one key will change.
     current: dict[str, Any] = {}
+    bot = meshmaster.SHIPPED  # without the Pi's config, the bot as it ships
     if dry_run:
         log(f"check ollama: {shlex.join(ssh.ssh_argv('command -v ollama'))}")
     else:
@@ -195,7 +193,7 @@ def deploy_remote(
     if config and not dry_run:
         text = ssh.run("read config.json", ssh.ssh_argv(f"cat -- {rconf}"))
         where_conf = f"{ssh.target}:{config}"
-        new_text = _new_config(text, name, where_conf)
+        bot, new_text = _read_config(text, name, where_conf)
         current = json.loads(text)
         if current.get("ollama_model") == name:
             raise MeshtuneError(
@@ -212,7 +210,7 @@ def deploy_remote(
         ("ollama create", ssh.ssh_argv(f"cd -- {rdir} && ollama create {name} -f Modelfile"), None),
     ]
     url = str(current.get("ollama_url") or DEFAULT_OLLAMA_URL)
-    body = json.dumps(bot_request(name, current)).encode()
+    body = json.dumps(bot_request(name, bot)).encode()
     post = f"python3 -c {shlex.quote(_POST)} {shlex.quote(url)} {VERIFY_TIMEOUT_S}"
     commands.append(("ask the new model", ssh.ssh_argv(post), body))
     for step, argv, stdin in commands:
