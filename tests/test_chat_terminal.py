@@ -125,7 +125,7 @@ def test_raw_chat_keeps_the_whole_conversation_with_the_modelfile_options(tmp_pa
 def test_a_reply_cut_at_the_cap_with_an_invented_command_is_flagged_and_highlighted():
     text = "Use /relay alice to forward it, or /dm her. Long replies are split " + "x" * 150
     gen = Generation(text, "length", 80, 30, 1.0)
-    reply = Reply.of(gen, 80, load_registry(), meshmaster.CHUNK_BYTES)
+    reply = Reply.of(gen, 80, load_registry(), meshmaster.CHUNK_BYTES, num_ctx=1024)
     assert reply.hit_cap and reply.unknown == ["/relay"]  # /dm is a real Mesh Master command
     console = Console(record=True, width=400, color_system="truecolor", force_terminal=True)
     for line in render(reply, "bot"):
@@ -134,5 +134,8 @@ def test_a_reply_cut_at_the_cap_with_an_invented_command_is_flagged_and_highligh
     assert "HIT THE 80-TOKEN CAP" in plain
     assert "commands the bot does not have: /relay" in plain
     assert f"[1/2] {len(reply.chunks[0].encode())} B: " in plain
+    assert "PROMPT TOO LONG" not in plain  # 30 + 80 tokens fit 1024
+    overflow = Reply.of(Generation("ok", "stop", 1, 1000, 0.1), 80, load_registry(), 160, 1024)
+    assert overflow.overflows and not overflow.hit_cap
     span = next(s for s in highlighted(text, reply.unknown).spans)
     assert text[span.start : span.end] == "/relay" and span.style == "bold white on red"

@@ -43,9 +43,18 @@ class Reply:
     hit_cap: bool  # generation stopped at num_predict, not at the end of its turn
     unknown: list[str]  # commands the bot does not have, as written
     seconds: float
+    prompt_tokens: int | None = None
+    num_ctx: int | None = None  # the bot's context; Ollama cuts a prompt that overflows it
 
     @classmethod
-    def of(cls, gen: Generation, cap: int, registry: Registry, chunk_bytes: int) -> "Reply":
+    def of(
+        cls,
+        gen: Generation,
+        cap: int,
+        registry: Registry,
+        chunk_bytes: int,
+        num_ctx: int | None = None,
+    ) -> "Reply":
         text = gen.text.strip()
         return cls(
             text,
@@ -57,7 +66,16 @@ class Reply:
             gen.finish_reason == "length",
             [m.written for m in registry.unknown(text)],
             gen.seconds,
+            gen.prompt_tokens,
+            num_ctx,
         )
+
+    @property
+    def overflows(self) -> bool:
+        """The prompt and the reply's cap do not fit the bot's num_ctx."""
+        if self.prompt_tokens is None or self.num_ctx is None:
+            return False
+        return self.prompt_tokens + self.cap > self.num_ctx
 
 
 def render(reply: Reply, name: str, chunk_bytes: int = meshmaster.CHUNK_BYTES) -> list[Text]:
@@ -74,6 +92,15 @@ def render(reply: Reply, name: str, chunk_bytes: int = meshmaster.CHUNK_BYTES) -
     if reply.hit_cap:
         lines.append(
             Text(f"  HIT THE {reply.cap}-TOKEN CAP: the reply was cut off", style="bold red")
+        )
+    if reply.overflows:
+        lines.append(
+            Text(
+                f"  PROMPT TOO LONG: {reply.prompt_tokens} tokens + {reply.cap} for the reply "
+                f"exceed the bot's num_ctx {reply.num_ctx}; Ollama would cut the prompt "
+                "(/reset starts over)",
+                style="bold red",
+            )
         )
     if reply.unknown:
         lines.append(
@@ -158,7 +185,9 @@ class Session:
         gen = self.engine.generate(request, self.seed)
         self.seed += 1
         self.last = request
-        reply = Reply.of(gen, self.profile.num_predict, self.registry, meshmaster.CHUNK_BYTES)
+        num_ctx = None if self.raw else self.bot.num_ctx
+        cap = self.profile.num_predict
+        reply = Reply.of(gen, cap, self.registry, meshmaster.CHUNK_BYTES, num_ctx)
         if self.raw:
             self.turns = [*request.turns, {"role": "assistant", "content": reply.text}]
         else:
@@ -218,7 +247,8 @@ def open_session(
     bot = meshmaster.load_config(config, personas)
     if persona is not None:
         persona = bot.persona(persona).id
-    engine = LlamaCppBackend(spec.gguf, threads=threads or 1, n_ctx=max(2048, bot.num_ctx))
+    # room beyond the bot's num_ctx, so an overflowing prompt is shown, not refused
+    engine = LlamaCppBackend(spec.gguf, threads=threads or 1, n_ctx=max(4096, 2 * bot.num_ctx))
     return Session(
         engine, spec, bot, registry or load_registry(), raw, channel, persona, sender, seed
     )
