@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,21 +63,38 @@ class RemoteDeployed:
     config: str | None = None
     backup: str | None = None
     restarted: str | None = None
-    steps: list[str] = field(default_factory=list)  # the commands run (or, dry, to be run)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One command run here (ssh or scp), and how it is printed."""
+
+    name: str
+    argv: list[str]
+    stdin: bytes | None = None
+    shown: str | None = None  # instead of the argv, where that is a script
+
+    def line(self) -> str:
+        return f"{self.name}: {self.shown or shlex.join(self.argv)}"
 
 
 def check_target(to: str) -> str:
     """`[user@]host` as ssh takes it; anything else (an option, a path, spaces) is refused."""
-    if not re.fullmatch(r"(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?[A-Za-z0-9._:\[\]-]+", to) or (
-        to.startswith("-")
+    if to.startswith("-") or not re.fullmatch(
+        r"(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?[A-Za-z0-9._\[\]:-]+", to
     ):
         raise MeshtuneError(f"--to {to!r}: expected USER@HOST (e.g. pi@meshpi.local)")
     return to
 
 
-def remote_path(path: str) -> str:
-    """A path for the Pi's shell, quoted; `~/x` becomes `x`, since ssh starts in the home."""
-    return shlex.quote(path[2:] if path.startswith("~/") else path)
+def remote_path(path: str, option: str) -> str:
+    """A path on the Pi, relative to the home (where ssh starts) for `~/x`. Plain characters
+    only, so the same text is right for the Pi's shell and for scp."""
+    if not re.fullmatch(r"[A-Za-z0-9._/~+-]+", path) or path.startswith("-"):
+        raise MeshtuneError(
+            f"{option} {path!r}: use letters, digits and . _ / ~ + - in paths on the Pi"
+        )
+    return path[2:] if path.startswith("~/") else path
 
 
 class Ssh:
@@ -92,24 +109,34 @@ class Ssh:
             self.options += ["-o", opt]
         self.log = log
 
-    def ssh_argv(self, command: str) -> list[str]:
-        return ["ssh", *SSH_OPTIONS, *self.options, "--", self.target, command]
+    def step(self, name: str, command: str, stdin: bytes | None = None, shown: str = "") -> Step:
+        argv = ["ssh", *SSH_OPTIONS, *self.options, "--", self.target, command]
+        return Step(name, argv, stdin, shown or None)
 
-    def scp_argv(self, files: Sequence[Path], folder: str) -> list[str]:
-        dest = f"{self.target}:{remote_path(folder).removesuffix('/')}/"
-        return ["scp", "-q", *SSH_OPTIONS, *self.options, *map(str, files), dest]
+    def copy(self, files: Sequence[Path], folder: str) -> Step:
+        argv = [
+            "scp",
+            "-q",
+            *SSH_OPTIONS,
+            *self.options,
+            *map(str, files),
+            f"{self.target}:{folder}/",
+        ]
+        return Step("copy GGUF and Modelfile", argv)
 
-    def run(self, step: str, argv: list[str], stdin: bytes | None = None) -> str:
+    def run(self, step: Step) -> str:
         """One step; its failure is a one-line error naming the step and ssh's last words."""
-        self.log(f"{step}: {shlex.join(argv)}")
+        self.log(step.line())
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+            proc = subprocess.run(step.argv, input=step.stdin, capture_output=True, check=False)
         except FileNotFoundError as e:
-            raise MeshtuneError(f"{argv[0]} is not installed here; install openssh-client") from e
+            raise MeshtuneError(
+                f"{step.argv[0]} is not installed here; install openssh-client"
+            ) from e
         if proc.returncode:
             words = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
             raise MeshtuneError(
-                f"{step} failed on {self.target} (exit {proc.returncode}): "
+                f"{step.name} failed on {self.target} (exit {proc.returncode}): "
                 f"{words[-1] if words else 'no output'}"
             )
         return proc.stdout.decode(errors="replace")
@@ -141,9 +168,18 @@ def bot_request(name: str, bot: meshmaster.BotConfig) -> dict[str, Any]:
     return meshmaster.build_request(quick_prompts()[0], bot).body(name)
 
 
-def _read_config(text: str, name: str, where: str) -> tuple[meshmaster.BotConfig, str]:
-    """The Pi's config.json as the bot reads it, and its text with only `ollama_model`
-    changed (by export's own editor), both from a local copy."""
+@dataclass(frozen=True, slots=True)
+class PiConfig:
+    """The Pi's config.json as the bot reads it, and its text with only `ollama_model` set."""
+
+    bot: meshmaster.BotConfig
+    url: str
+    new_text: str
+
+
+def read_config(text: str, name: str, where: str) -> PiConfig:
+    """Parse and edit a local copy, with meshmaster's reader and export's own editor; refuse
+    the name the bot runs now, which `ollama create` would overwrite before it is proven."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(text, encoding="utf-8")
@@ -152,7 +188,32 @@ def _read_config(text: str, name: str, where: str) -> tuple[meshmaster.BotConfig
             set_ollama_model(path, name)
         except MeshtuneError as e:
             raise MeshtuneError(str(e).replace(str(path), where)) from e
-        return bot, path.read_text(encoding="utf-8")
+        new_text = path.read_text(encoding="utf-8")
+    raw = json.loads(text)
+    if raw.get("ollama_model") == name:
+        raise MeshtuneError(
+            f"{where}: ollama_model is already {name!r}; deploy under a new --name (e.g. "
+            f"{name}-2) so the running model stays until the new one has answered"
+        )
+    return PiConfig(bot, str(raw.get("ollama_url") or DEFAULT_OLLAMA_URL), new_text)
+
+
+def ask_step(ssh: Ssh, name: str, bot: meshmaster.BotConfig, url: str) -> Step:
+    body = json.dumps(bot_request(name, bot)).encode()
+    command = f"python3 -c {shlex.quote(_POST)} {shlex.quote(url)} {VERIFY_TIMEOUT_S}"
+    shown = f"ssh {ssh.target} python3: POST {url} {body.decode()}"
+    return ssh.step("ask the new model", command, body, shown)
+
+
+def swap_step(ssh: Ssh, config: str, backup: str, new_text: str) -> Step:
+    """Back up config.json (mode and time kept), then replace it atomically (rename)."""
+    tmp = f"{config}.meshtune-tmp"
+    command = (
+        f"cp -p -- {config} {backup} && "
+        f"{{ cat > {tmp} && chmod --reference={config} -- {tmp} && mv -- {tmp} {config}; }} "
+        f"|| {{ rm -f -- {tmp}; exit 1; }}"
+    )
+    return ssh.step("set ollama_model", command, new_text.encode())
 
 
 def deploy_remote(
@@ -167,98 +228,63 @@ def deploy_remote(
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> RemoteDeployed:
-    folder = Path(run_dir)
+    """Every input is checked before the first connection; then the steps run in the order
+    that keeps the bot on its old model and config until the new model has answered."""
     name = check_name(name)
-    mf_path, gguf = _local_files(folder, force)
+    mf_path, gguf = _local_files(Path(run_dir), force)
     if restart is not None and not re.fullmatch(r"[A-Za-z0-9@._-]+", restart):
         raise MeshtuneError(f"--restart {restart!r}: expected a systemd service name (mesh-ai)")
-    steps: list[str] = []
-    ssh = Ssh(to, ssh_options, lambda line: (steps.append(line), log(line)))
-    where = remote_dir or f"meshtune-models/{name}"
-    result = RemoteDeployed(ssh.target, where, config=config, steps=steps)
-    rdir, rconf = remote_path(where), remote_path(config) if config else None
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    backup = f"{config}.{stamp}.bak" if config else None
+    ssh = Ssh(to, ssh_options, log)
+    folder = remote_path(remote_dir or f"meshtune-models/{name}", "--remote-dir")
+    conf = remote_path(config, "--mesh-master-config") if config else None
+    stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    backup = f"{conf}.{stamp}.bak" if conf else None
+    result = RemoteDeployed(ssh.target, folder, config=config)
+    check = ssh.step("check ollama", "command -v ollama")
+    read = ssh.step("read config.json", f"cat -- {conf}") if conf else None
+    install = [
+        ssh.step("make the model folder", f"mkdir -p -- {folder}"),
+        ssh.copy([gguf, mf_path], folder),
+        ssh.step("ollama create", f"cd -- {folder} && ollama create {name} -f Modelfile"),
+    ]
+    restart_step = ssh.step(f"restart {restart}", f"sudo -n systemctl restart {restart}")
 
     if dry_run:
         log("dry run: nothing is copied, created or changed; these steps would run:")
-    # 1. What the Pi has: ollama, and the config whose one key will change.
-    current: dict[str, Any] = {}
-    bot = meshmaster.SHIPPED  # without the Pi's config, the bot as it ships
-    if dry_run:
-        log(f"check ollama: {shlex.join(ssh.ssh_argv('command -v ollama'))}")
-    else:
-        ssh.run("check ollama", ssh.ssh_argv("command -v ollama"))
-    new_text = None
-    if config and not dry_run:
-        text = ssh.run("read config.json", ssh.ssh_argv(f"cat -- {rconf}"))
-        where_conf = f"{ssh.target}:{config}"
-        bot, new_text = _read_config(text, name, where_conf)
-        current = json.loads(text)
-        if current.get("ollama_model") == name:
-            raise MeshtuneError(
-                f"{where_conf}: ollama_model is already {name!r}; deploy under a new --name "
-                f"(e.g. {name}-2) so the running model stays until the new one has answered"
-            )
-    elif config:
-        log(f"read config.json: {shlex.join(ssh.ssh_argv(f'cat -- {rconf}'))}")
+        url = "the config's ollama_url" if conf else DEFAULT_OLLAMA_URL
+        steps = [check, read, *install, ask_step(ssh, name, meshmaster.SHIPPED, url)]
+        if conf and backup:
+            steps.append(swap_step(ssh, conf, backup, "<config.json with ollama_model set>"))
+        steps.append(restart_step if restart else None)
+        for step in steps:
+            if step is not None:
+                log(step.line())
+        return result
 
-    # 2. Copy, create, and ask: nothing the bot uses has changed yet.
-    commands = [
-        ("make the model folder", ssh.ssh_argv(f"mkdir -p -- {rdir}"), None),
-        ("copy GGUF and Modelfile", ssh.scp_argv([gguf, mf_path], where), None),
-        ("ollama create", ssh.ssh_argv(f"cd -- {rdir} && ollama create {name} -f Modelfile"), None),
-    ]
-    url = str(current.get("ollama_url") or DEFAULT_OLLAMA_URL)
-    body = json.dumps(bot_request(name, bot)).encode()
-    post = f"python3 -c {shlex.quote(_POST)} {shlex.quote(url)} {VERIFY_TIMEOUT_S}"
-    commands.append(("ask the new model", ssh.ssh_argv(post), body))
-    for step, argv, stdin in commands:
-        if dry_run:
-            shown = (
-                shlex.join(argv)
-                if step != "ask the new model"
-                else (f"ssh {ssh.target} python3 (POST {url}): {body.decode()}")
-            )
-            log(f"{step}: {shown}")
-            continue
-        out = ssh.run(step, argv, stdin)
-        if step == "ask the new model":
-            answer = json.loads(out.strip().splitlines()[-1])
-            if not answer["done"] or not answer["reply"].strip():
-                raise MeshtuneError(
-                    f"{url} on {ssh.target}: {name} gave no reply to the quick prompt; "
-                    "config.json was not changed"
-                )
-            result.reply = answer["reply"]
-            log(f"  {name} answered: {answer['reply']!r}")
-
-    # 3. Point the bot at it: backup, then an atomic replace of config.json.
-    if config:
-        tmp = remote_path(f"{config}.meshtune-tmp")
-        swap = (
-            f"cp -p -- {rconf} {remote_path(backup or '')} && "
-            f"{{ cat > {tmp} && chmod --reference={rconf} -- {tmp} && mv -- {tmp} {rconf}; }} "
-            f"|| {{ rm -f -- {tmp}; exit 1; }}"
+    ssh.run(check)
+    pi = read_config(ssh.run(read), name, f"{ssh.target}:{config}") if read else None
+    for step in install:
+        ssh.run(step)
+    url = pi.url if pi else DEFAULT_OLLAMA_URL
+    out = ssh.run(ask_step(ssh, name, pi.bot if pi else meshmaster.SHIPPED, url)).split("\n")
+    answer = json.loads(out[-2] if len(out) > 1 else "{}")  # the script's last line
+    if not answer.get("done") or not answer.get("reply", "").strip():
+        raise MeshtuneError(
+            f"{url} on {ssh.target}: {name} gave no reply to the quick prompt; config.json was "
+            "not changed"
         )
-        if dry_run:
-            log(f"set ollama_model: {shlex.join(ssh.ssh_argv(swap))}")
-        else:
-            ssh.run("set ollama_model", ssh.ssh_argv(swap), (new_text or "").encode())
-        result.backup = backup
-    # 4. Restart the bot; if it will not, the old config goes back.
+    result.reply = answer["reply"]
+    log(f"  {name} answered: {answer['reply']!r}")
+    if pi and conf and backup:
+        ssh.run(swap_step(ssh, conf, backup, pi.new_text))
+        result.backup = f"{config}.{stamp}.bak"
     if restart:
-        argv = ssh.ssh_argv(f"sudo -n systemctl restart {restart}")
-        if dry_run:
-            log(f"restart {restart}: {shlex.join(argv)}")
-        else:
-            try:
-                ssh.run(f"restart {restart}", argv)
-            except MeshtuneError as e:
-                if config:
-                    restore = f"cp -p -- {remote_path(backup or '')} {rconf}"
-                    ssh.run("restore config.json", ssh.ssh_argv(restore))
-                    raise MeshtuneError(f"{e}; config.json restored from {backup}") from e
+        try:
+            ssh.run(restart_step)
+        except MeshtuneError as e:
+            if not (conf and backup):
                 raise
+            ssh.run(ssh.step("restore config.json", f"cp -p -- {backup} {conf}"))
+            raise MeshtuneError(f"{e}; config.json restored from {result.backup}") from e
         result.restarted = restart
     return result
