@@ -64,6 +64,22 @@ IGNORED_DATASET_KEYS = {
 }
 
 
+class MeshMasterRequests(BaseModel):
+    """meshtune's `mesh_master:` key: send a share of the conversations (train and held-out) as
+    Mesh Master's request, rendered by the one prompt builder at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+    share: float = Field(0.5, ge=0, le=1)  # of the conversations the bot could send
+    config: str | None = None  # the operator's config.json (default: the bot's shipped one)
+    personas_file: str | None = None  # the bot's personas, for ids beyond its default
+    personas: list[str] = Field(default_factory=list)  # sampled uniformly; default: the config's
+    senders: list[str] = Field(default_factory=lambda: list(DEFAULT_SENDERS), min_length=1)
+
+
+# Sender shortnames for rendered rows; varied so no name is learned as part of the prompt.
+DEFAULT_SENDERS = ("K7QX", "BOB", "ALFA", "N0DE", "WX1", "MTN", "JEN", "RV42", "Ø7", "🐻")
+
+
 class Recipe(BaseModel):
     """The recipe; field names and meanings are Axolotl's, plus `system_prompt` and `ollama`."""
 
@@ -114,6 +130,7 @@ class Recipe(BaseModel):
     # meshtune's own keys
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     ollama: dict[str, Any] = Field(default_factory=dict)
+    mesh_master: MeshMasterRequests | None = None
 
     @model_validator(mode="after")
     def _optimizer_known(self) -> "Recipe":
@@ -201,6 +218,12 @@ def parse_recipe(raw: dict[str, Any], path: Path) -> tuple[Recipe, list[str]]:
             candidate = path.parent / d["path"]
             if candidate.exists():
                 d["path"] = str(candidate)
+    mesh = raw.get("mesh_master")
+    if isinstance(mesh, dict):
+        for key in ("config", "personas_file"):
+            value = mesh.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                mesh[key] = str(path.parent / value)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:

@@ -27,6 +27,7 @@ from meshtune.errors import MeshtuneError
 from meshtune.files import write_json
 from meshtune.models import EMBEDDED, resolve
 from meshtune.recipe import LoadedRecipe, Recipe, dump_recipe
+from meshtune.rendering import render
 
 MIN_STEPS_PER_EPOCH = 20
 
@@ -34,7 +35,8 @@ MIN_STEPS_PER_EPOCH = 20
 
 
 def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conversation]]:
-    """The recipe's datasets, split into train and held-out eval the way `data split` does."""
+    """The recipe's datasets, split into train and held-out eval the way `data split` does,
+    each with its share rendered as Mesh Master's request."""
     if not recipe.datasets:
         raise MeshtuneError(
             "the recipe has no datasets; add `datasets: [{path: FILE}]` or pass --data"
@@ -43,9 +45,13 @@ def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conv
     for spec in recipe.datasets:
         convs += data.load_conversations(spec.path, spec)
     if recipe.val_set_size <= 0:
-        return convs, []
-    fraction = recipe.val_set_size if recipe.val_set_size < 1 else recipe.val_set_size / len(convs)
-    return data.split(convs, fraction, recipe.seed)
+        train, held_out = convs, []
+    else:
+        size = recipe.val_set_size
+        train, held_out = data.split(convs, size if size < 1 else size / len(convs), recipe.seed)
+    # a share of each split sent as Mesh Master's request (the recipe's `mesh_master:`)
+    spec = recipe.mesh_master
+    return render(train, spec, recipe.seed), render(held_out, spec, recipe.seed + 1)
 
 
 def encode_all(

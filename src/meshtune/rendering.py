@@ -1,0 +1,65 @@
+"""Training conversations sent as Mesh Master's request.
+
+The dataset stores plain conversations; a recipe's `mesh_master:` key renders a share of them
+at load time through the one prompt builder (meshmaster.chat_prompt), deterministically from
+the seed, so the model is trained on the exact request the bot sends:
+
+    [system: deployment prompt] [user: the bot's prompt string] [assistant: the last reply]
+
+A multi-turn DM becomes the bot's placeholder Context with the last user turn as the question
+(the earlier words are gone, as on the radio); a channel thread (`"channel": true` in the row)
+keeps its lines. The rest stay plain chats, as `ollama run` and other clients send them.
+"""
+
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from meshtune import meshmaster
+from meshtune.data import Conversation, Message
+from meshtune.recipe import MeshMasterRequests
+
+
+def renderable(conv: Conversation) -> bool:
+    """Whether the bot could send this conversation: no system turn of its own (the bot has
+    none), and a last message that reaches the model (a slash command is run instead)."""
+    turns = conv.messages
+    return (
+        turns[0].role != "system"
+        and len(turns) >= 2
+        and meshmaster.reaches_model(turns[-2].content)
+    )
+
+
+def render(
+    convs: Sequence[Conversation], spec: MeshMasterRequests | None, seed: int
+) -> list[Conversation]:
+    """`spec.share` of the renderable conversations (chosen by `seed`) as the bot's request."""
+    if spec is None or spec.share == 0:
+        return list(convs)
+    config = meshmaster.load_config(
+        Path(spec.config) if spec.config else None,
+        Path(spec.personas_file) if spec.personas_file else None,
+    )
+    personas = [config.persona(p).id for p in spec.personas] or [config.persona().id]
+    rng = random.Random(seed)
+    candidates = [i for i, c in enumerate(convs) if renderable(c)]
+    chosen = set(rng.sample(candidates, round(spec.share * len(candidates))))
+    out = []
+    for i, conv in enumerate(convs):
+        if i not in chosen:
+            out.append(conv)
+            continue
+        persona, sender = rng.choice(personas), rng.choice(spec.senders)
+        prompt = meshmaster.chat_prompt(
+            [(m.role, m.content) for m in conv.messages[:-1]],
+            config,
+            persona=persona,
+            sender=sender,
+            channel=bool(conv.meta.get("channel")),
+        )
+        messages = (Message("user", prompt), conv.messages[-1])
+        meta = {**conv.meta, "persona": persona, "sender": sender}
+        out.append(replace(conv, messages=messages, meta=meta))
+    return out

@@ -1,0 +1,92 @@
+"""One builder, three callers: a training row rendered for Mesh Master, the eval's request for a
+suite item and `meshtune prompt` are the same string for the same inputs."""
+
+import json
+
+import pytest
+
+from meshtune import meshmaster
+from meshtune.data import Conversation, Message
+from meshtune.errors import MeshtuneError
+from meshtune.evaluate.profiles import build_request, get_profile
+from meshtune.evaluate.suite import Item
+from meshtune.recipe import MeshMasterRequests
+from meshtune.rendering import render
+
+TURNS = [
+    ("user", "my node keeps rebooting on solar"),
+    ("assistant", "Likely a brownout: check the battery under load."),
+    ("user", "what size battery then?"),
+]
+REPLY = "A 18650 pair (about 6 Ah) rides out a cloudy day for most nodes."
+
+
+def conversation(channel: bool, line: int = 1) -> Conversation:
+    messages = tuple(Message(r, t) for r, t in [*TURNS, ("assistant", REPLY)])
+    return Conversation(messages, line, {"category": "power", "channel": channel})
+
+
+@pytest.mark.parametrize("channel", [False, True], ids=["dm", "channel"])
+def test_training_row_eval_request_and_meshtune_prompt_are_one_string(cli, tmp_path, channel):
+    spec = MeshMasterRequests(share=1.0, senders=["K7QX"])
+    row = render([conversation(channel)], spec, seed=0)[0]
+    assert [m.role for m in row.messages] == ["user", "assistant"]
+    assert row.messages[1].content == REPLY  # only the reply is trained
+
+    item = Item(
+        id="x",
+        messages=[{"role": r, "content": t} for r, t in TURNS],
+        channel=channel,
+    )
+    request = build_request(item, get_profile("meshmaster"), meshmaster.DEFAULT_SYSTEM_PROMPT)
+
+    history = tmp_path / "history.jsonl"
+    history.write_text(
+        "".join(
+            json.dumps({"from": "K7QX", "text": t, "ai": r == "assistant"}) + "\n"
+            for r, t in TURNS[:-1]
+        )
+    )
+    message = f"/ai {TURNS[-1][1]}" if channel else TURNS[-1][1]
+    args = ["prompt", message, "--history", history] + (["--channel"] if channel else [])
+    printed = cli(*args)
+    assert printed.code == 0, printed.err
+
+    assert row.messages[0].content == request.prompt == printed.out.removesuffix("\n")
+    assert ("my node keeps rebooting" in request.prompt) == channel  # DMs log no words
+
+
+def test_rendering_is_deterministic_and_renders_the_chosen_share(tmp_path):
+    convs = [conversation(channel=i % 3 == 0, line=i) for i in range(40)]
+    spec = MeshMasterRequests(share=0.25)
+    first, again = render(convs, spec, seed=7), render(convs, spec, seed=7)
+    assert first == again
+    rendered = [c for c in first if "persona" in c.meta]
+    assert len(rendered) == 10
+    assert render(convs, spec, seed=8) != first  # the seed chooses
+    assert all(c.messages[0].content.endswith("\nAnswer:") for c in rendered)
+    assert {c.meta["sender"] for c in rendered} > {"K7QX"}  # shortnames vary
+
+
+def test_rows_the_bot_cannot_send_stay_plain():
+    slash = Conversation((Message("user", "/weather denver"), Message("assistant", "x")), 1)
+    system = Conversation(
+        (Message("system", "Be a pirate."), Message("user", "hi"), Message("assistant", "Arr")), 2
+    )
+    out = render([slash, system], MeshMasterRequests(share=1.0), seed=0)
+    assert out == [slash, system]
+
+
+def test_personas_are_sampled_from_the_list_and_unknown_ones_fail(real):
+    convs = [conversation(channel=False, line=i) for i in range(30)]
+    spec = MeshMasterRequests(
+        share=1.0,
+        personas=["trail", "medic"],
+        personas_file=str(real / "mesh-master-personas.json"),
+    )
+    out = render(convs, spec, seed=1)
+    assert {c.meta["persona"] for c in out} == {"trail", "medic"}
+    medic = next(c for c in out if c.meta["persona"] == "medic")
+    assert "🩺 Current persona: Medic (medic)" in medic.messages[0].content
+    with pytest.raises(MeshtuneError, match="unknown persona 'medic'"):
+        render(convs, MeshMasterRequests(share=1.0, personas=["medic"]), seed=1)
