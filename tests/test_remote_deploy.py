@@ -240,7 +240,9 @@ def test_deploy_to_copies_creates_asks_and_changes_one_key_via_real_sshd_and_sta
     assert "Mesh Master, the mesh's AI." in r.out and f"backup: {backup}" in r.out
 
 
-def test_failed_ollama_create_leaves_old_model_and_config_in_place(cli, pi: Pi, run_dir: Path):
+def test_failed_create_by_standin_ollama_leaves_old_model_and_config_in_place(
+    cli, pi: Pi, run_dir: Path
+):
     before = pi.config.read_text()
     pi.fail("create")
     r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
@@ -250,7 +252,9 @@ def test_failed_ollama_create_leaves_old_model_and_config_in_place(cli, pi: Pi, 
     assert pi.requests == [] and pi.restarts() == []
 
 
-def test_a_model_that_does_not_answer_leaves_config_in_place(cli, pi: Pi, run_dir: Path):
+def test_a_model_the_standin_ollama_api_does_not_serve_leaves_config_in_place(
+    cli, pi: Pi, run_dir: Path
+):
     before = pi.config.read_text()
     pi.config.write_text(before.replace("/api/generate", "/nowhere"))  # the API answers 404
     before = pi.config.read_text()
@@ -259,7 +263,7 @@ def test_a_model_that_does_not_answer_leaves_config_in_place(cli, pi: Pi, run_di
     assert pi.config.read_text() == before and not list(pi.home.glob("config.json.*"))
 
 
-def test_failed_restart_puts_the_old_config_back(cli, pi: Pi, run_dir: Path):
+def test_failed_restart_by_standin_systemctl_puts_the_old_config_back(cli, pi: Pi, run_dir: Path):
     before = pi.config.read_text()
     pi.fail("restart")
     r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
@@ -268,7 +272,7 @@ def test_failed_restart_puts_the_old_config_back(cli, pi: Pi, run_dir: Path):
     assert pi.restarts() == ["restart mesh-ai"]
 
 
-def test_the_running_model_name_is_refused_so_it_is_never_overwritten(cli, pi, run_dir):
+def test_the_running_model_name_is_refused_so_standin_ollama_never_overwrites_it(cli, pi, run_dir):
     pi.config.write_text(pi.config.read_text().replace('"llama3.2:1b"', '"meshtune-v1"'))
     before = pi.config.read_text()
     r = deploy(cli, pi, run_dir, name="meshtune-v1")
