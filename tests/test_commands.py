@@ -18,8 +18,46 @@ def test_registry_knows_canonical_commands_aliases_and_admin_flags():
     assert len(reg.commands) >= 90
 
 
+def test_message_is_an_alias_of_motd_not_of_mail():
+    assert reg.canonical("/message") == "/motd"
+    assert reg.canonical("/mail") == "/m"
+
+
+def test_usage_is_in_the_registry_games_need_a_subcommand_and_quizzes_a_dm():
+    wordle = reg.spec("/wordle")
+    assert wordle.subcommands == ["start", "guess"] and not wordle.direct_only
+    assert reg.spec("/trivia").direct_only and reg.spec("/morse").direct_only
+    assert reg.spec("/hops").direct_only  # admin commands work only in a DM
+    assert not reg.spec("/nodes").direct_only
+
+
+@pytest.mark.parametrize(
+    ("text", "channel", "kinds"),
+    [
+        ("Send /wordle to play.", False, ["subcommand"]),
+        ("Send /wordle start, then /wordle guess crane.", False, []),
+        ("Use /stopwatch start|stop|status.", False, []),
+        ("Clear it with /wipe <what>.", False, []),
+        ("Send /stop to mute me.", True, ["dm-only"]),
+        ("DM me /stop to mute me.", True, []),
+        ("Send /stop to mute me.", False, []),
+        ("Send /wx for the forecast.", False, ["alias"]),
+        ("Try /teleport.", False, []),  # unknown commands are W209's business
+    ],
+)
+def test_misuses_name_what_is_wrong(text, channel, kinds):
+    assert [m.kind for m in reg.misuses(text, channel)] == kinds
+
+
+def test_a_name_listed_both_as_command_and_as_nonexistent_is_refused(tmp_path):
+    path = tmp_path / "reg.yaml"
+    path.write_text("bot: B\ncommands:\n  - {name: /a, meaning: x}\nnonexistent:\n  - {name: /a}\n")
+    with pytest.raises(MeshtuneError, match="/a listed both as a command and as nonexistent"):
+        load_registry(path)
+
+
 def test_known_nonexistent_commands_are_flagged_with_a_real_alternative():
-    for fake in ["/relay", "/sms", "/bibleplan", "/911", "/emergency", "/chess", "/forest"]:
+    for fake in ["/relay", "/sms", "/bibleplan", "/911", "/send", "/mute", "/local", "/network"]:
         (mention,) = reg.unknown(f"try {fake} now")
         assert mention.written == fake and mention.nonexistent
         assert reg.nonexistent[fake].instead

@@ -10,7 +10,7 @@ from tests.conftest import chat, rows_file
 from meshtune import data
 from meshtune.data import DatasetSpec, check, read_dataset
 from meshtune.errors import MeshtuneError
-from meshtune.meshmaster import build_prompt
+from meshtune.meshmaster import Line, build_prompt
 
 GOOD = chat("how do i relay to bob?", "DM me 'bob <your message>' and I'll pass it to BOB.")
 
@@ -268,7 +268,7 @@ def test_duplicates_conflicts_and_near_duplicates_are_told_apart(tmp_path):
             chat("How do i RELAY", "Send 'name msg' in a DM."),  # near duplicate
             {
                 "conversations": [
-                    {"from": "human", "value": build_prompt("how do i relay", ["A: hi"])},
+                    {"from": "human", "value": build_prompt("how do i relay", history=[Line("A", "hi")])},
                     {"from": "gpt", "value": "DM the bot 'name msg'."},
                 ]
             },  # same question, Mesh Master shape
@@ -310,6 +310,42 @@ def test_command_dumps_and_unknown_commands_name_the_command(tmp_path):
         (2, "W209", "reply mentions /relay, listed as not working in Mesh Master"),
         (2, "W209", "reply mentions /teleport, not a command of Mesh Master"),
     ]
+
+
+def test_commands_used_against_their_usage_get_their_own_codes(tmp_path):
+    issues = lint_rows(
+        tmp_path,
+        [
+            chat("wordle?", "Send /wordle to play."),
+            chat("wordle how", "Send /wordle start, then /wordle guess crane."),
+            chat("quiet?", "Send /stop and I go quiet.", channel=True),
+            chat("quiet in dm?", "DM me /stop and I go quiet.", channel=True),
+            chat("quiet here?", "Send /stop and I go quiet."),
+            chat("bulletin?", "Send /bulletin for the news."),
+        ],
+    )
+    found = [(i.line, i.code) for i in issues if i.code in ("W211", "W212", "W213")]
+    assert found == [(1, "W211"), (3, "W212"), (6, "W213")]
+    (alias,) = [i for i in issues if i.code == "W213"]
+    assert "/bulletin instead of /motd" in alias.message and alias.fix == "write /motd"
+
+
+def test_a_command_named_in_fewer_than_15_replies_warns_once_the_file_is_big_enough(tmp_path):
+    filler = [chat(f"question {i}?", f"Plain answer number {i}.") for i in range(500)]
+    taught = [chat(f"who is around {i}?", f"Try /nodes, take {i}.") for i in range(15)]
+    rare = [chat(f"weather {i}?", f"Try /weather, take {i}.") for i in range(14)]
+    issues = lint_rows(tmp_path, filler + taught + rare)
+    (w214,) = [i for i in issues if i.code == "W214"]
+    assert "/weather is named in 14 replies" in w214.message and w214.line == 516
+    small = lint_rows(tmp_path, rare)  # below the guide's size only W210 speaks
+    assert "W214" not in codes(small)
+
+
+def test_the_channel_flag_is_read_from_the_row_and_kept_in_meta(tmp_path):
+    ds = read_dataset(rows_file(tmp_path, [chat("a?", "b.", channel=True), chat("c?", "d.")]))
+    on, off = ds.conversations
+    assert on.channel and on.meta["channel"] is True
+    assert not off.channel and "channel" not in off.meta
 
 
 def test_dataset_size_outside_500_to_2000_warns(tmp_path):

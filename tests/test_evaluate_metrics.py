@@ -119,6 +119,38 @@ def test_expect_any_expect_all_forbid_and_max_chars():
     assert metrics.measure(long, "stop", item, REG)["failures"] == ["too-long"]
 
 
+@pytest.mark.parametrize(
+    ("check", "reply", "hit"),
+    [
+        ("hi", "Hi there!", True),
+        ("hi", "this is fine", False),  # a greeting check must not pass on "this"
+        ("ok", "look at the map", False),
+        ("tak", "take the TAK role", True),
+        ("tak", "take care", False),
+        ("no", "I know the node", False),
+        ("/node", "Send /node RDG.", True),
+        ("/node", "Send /nodes.", False),
+        ("/c", "Send /checklog.", False),
+        ("/c", "Read it with /c team.", True),
+        ("aq==", "the default key AQ== is public", True),
+        ("re:favou?rit", "your favorited nodes", True),
+        ("re:/weather\\s*[<\\[]", "Use /weather <city>.", True),
+        ("re:/weather\\s*[<\\[]", "Use /weather.", False),
+    ],
+)
+def test_checks_match_whole_words_or_a_regex_never_a_bare_substring(check, reply, hit):
+    item = Item(id="x", prompt="q", expect_any=[check])
+    assert ("missing-expected" not in metrics.measure(reply, "stop", item, REG)["failures"]) is hit
+
+
+@pytest.mark.parametrize(
+    ("check", "why"), [("re:(", "not a valid regular expression"), ("no ", "spaces at its ends")]
+)
+def test_a_bad_check_is_refused_when_the_item_is_read(check, why):
+    with pytest.raises(ValueError, match=why):
+        Item(id="x", prompt="q", forbid=[check])
+
+
 def test_empty_reply_fails():
     assert measure("   ")["failures"] == ["empty", "missing-expected"]
 

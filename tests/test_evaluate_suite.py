@@ -43,6 +43,14 @@ def test_mesh_suite_is_the_shipped_file():
     assert len(suite.items) >= 150 and len(suite.categories) >= 5
 
 
+def test_items_may_carry_a_channel_flag_and_a_good_and_a_bad_reply(tmp_path):
+    row = {**GOOD, "channel": True, "good": "DM me 'alice hi'.", "bad": "Use /relay alice."}
+    (item,) = load_suite(str(rows_file(tmp_path, [row], "s.jsonl"))).items
+    assert item.channel and item.good == "DM me 'alice hi'." and item.bad == "Use /relay alice."
+    (plain,) = load_suite(str(rows_file(tmp_path, [GOOD], "t.jsonl"))).items
+    assert not plain.channel and plain.good is None
+
+
 def test_defaults_and_messages_items(tmp_path):
     rows = [
         {"id": "a", "prompt": "hi"},

@@ -90,3 +90,32 @@ def test_personas_are_sampled_from_the_list_and_unknown_ones_fail(real):
     assert "🩺 Current persona: Medic (medic)" in medic.messages[0].content
     with pytest.raises(MeshtuneError, match="unknown persona 'medic'"):
         render(convs, MeshMasterRequests(share=1.0, personas=["medic"]), seed=1)
+
+
+def test_packed_rows_compute_the_bots_system_block_once_per_row(smol_tokenizer):
+    """Rendered requests are packed together, each sharing its row's system block (the ~200
+    tokens of Mesh Master's text in every request) instead of computing it again."""
+    from meshtune import chat
+    from meshtune.train import flatten, pack, shared_len
+
+    plain = [
+        Conversation(
+            (Message("user", f"question {i} about antennas?"), Message("assistant", REPLY))
+        )
+        for i in range(12)
+    ]
+    convs = render(plain[:6], MeshMasterRequests(share=1.0), seed=0) + plain[6:]
+    examples = [
+        chat.encode(smol_tokenizer, chat.with_system(c, meshmaster.DEFAULT_SYSTEM_PROMPT), 2048)
+        for c in convs
+    ]
+    is_rendered = {id(e): i < 6 for i, e in enumerate(examples)}
+    block = len(smol_tokenizer(meshmaster.FRUSTRATION_GUIDANCE)["input_ids"])
+    rows = pack(examples, 1024, True, seed=3)
+    mixed = [row for row in rows if len({is_rendered[id(e)] for e in row}) > 1]
+    assert len(mixed) <= 1  # only where the rendered group ends
+    for row in rows:
+        if is_rendered[id(row[0])]:
+            assert all(shared_len(row[0], e) > block for e in row[1:] if is_rendered[id(e)])
+    computed = sum(len(flatten([r]).input_ids) for r in rows)
+    assert computed < 0.6 * sum(len(e.input_ids) for e in examples)

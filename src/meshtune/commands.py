@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -31,8 +32,14 @@ class CommandSpec(BaseModel):
     name: str
     aliases: list[str] = []
     usage: str = ""
-    admin: bool = False
+    subcommands: list[str] = []  # one of these words must follow the command
+    dm_only: bool = False
+    admin: bool = False  # admin commands work only in a DM, so they are DM-only too
     meaning: str
+
+    @property
+    def direct_only(self) -> bool:
+        return self.dm_only or self.admin
 
     @field_validator("name")
     @classmethod
@@ -43,6 +50,11 @@ class CommandSpec(BaseModel):
     @classmethod
     def _aliases(cls, v: list[str]) -> list[str]:
         return [_slash(a) for a in v]
+
+    @field_validator("subcommands")
+    @classmethod
+    def _subcommands(cls, v: list[str]) -> list[str]:
+        return [s.strip().lower() for s in v]
 
 
 class KeywordSpec(BaseModel):
@@ -79,6 +91,21 @@ class Mention:
     nonexistent: bool  # listed as a command that does not work
 
 
+@dataclass(frozen=True, slots=True)
+class Misuse:
+    """A real command written against its usage."""
+
+    kind: Literal["subcommand", "dm-only", "alias"]
+    written: str
+    canonical: str
+    hint: str  # the right way to write it
+
+
+# What follows a command: a word, or a `<placeholder>` standing for one.
+_NEXT_WORD_RE = re.compile(r"[ \t]+(<[^>\s]*>|[\w|]+)")
+_DM_RE = re.compile(r"\bDMs?\b|\bdirect message", re.IGNORECASE)
+
+
 @dataclass(slots=True)
 class Registry:
     bot: str
@@ -86,9 +113,11 @@ class Registry:
     nonexistent: dict[str, NonexistentSpec]
     keywords: list[KeywordSpec] = field(default_factory=list)
     _canonical: dict[str, str] = field(default_factory=dict)
+    _specs: dict[str, CommandSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for c in self.commands:
+            self._specs[c.name] = c
             for name in (c.name, *c.aliases):
                 self._canonical[name] = c.name
 
@@ -100,6 +129,33 @@ class Registry:
         for m in COMMAND_RE.finditer(text):
             written = "/" + m.group(1).lower()
             out.append(Mention(written, self.canonical(written), written in self.nonexistent))
+        return out
+
+    def spec(self, canonical: str) -> CommandSpec:
+        return self._specs[canonical]
+
+    def misuses(self, text: str, channel: bool = False) -> list[Misuse]:
+        """Real commands written against their usage: an alias instead of the canonical name,
+        a command without its required subcommand (a bare `/wordle`), and, when the text is a
+        reply on a channel, a command that works only in a DM."""
+        out = []
+        says_dm = bool(_DM_RE.search(text))  # "DM me /trivia" is the right advice on a channel
+        for m in COMMAND_RE.finditer(text):
+            written = "/" + m.group(1).lower()
+            canonical = self.canonical(written)
+            if canonical is None:
+                continue
+            spec = self._specs[canonical]
+            if written != canonical:
+                out.append(Misuse("alias", written, canonical, f"write {canonical}"))
+            if spec.subcommands:
+                after = _NEXT_WORD_RE.match(text, m.end())
+                word = after.group(1).lower() if after else ""
+                if not (word.startswith("<") or word.split("|")[0] in spec.subcommands):
+                    usage = " or ".join(f"{canonical} {s}" for s in spec.subcommands)
+                    out.append(Misuse("subcommand", written, canonical, f"write {usage}"))
+            if channel and spec.direct_only and not says_dm:
+                out.append(Misuse("dm-only", written, canonical, "say it works in a DM to the bot"))
         return out
 
     def unknown(self, text: str) -> list[Mention]:
@@ -149,6 +205,12 @@ def _parse(raw: object, source: str) -> Registry:
             f"{source}: registry field '{where}': {err['msg']}; "
             "see meshtune/assets/mesh_master_commands.yaml for the format"
         ) from e
+    real = {name for c in spec.commands for name in (c.name, *c.aliases)}
+    both = sorted(real & {n.name for n in spec.nonexistent})
+    if both:
+        raise MeshtuneError(
+            f"{source}: {', '.join(both)} listed both as a command and as nonexistent; keep one"
+        )
     return Registry(spec.bot, spec.commands, {n.name: n for n in spec.nonexistent}, spec.keywords)
 
 

@@ -50,7 +50,14 @@ CODES: dict[str, tuple[str, str]] = {
     "W208": ("command-dump", "warning"),
     "W209": ("unknown-command", "warning"),
     "W210": ("dataset-size", "warning"),
+    "W211": ("command-without-subcommand", "warning"),
+    "W212": ("dm-only-command-on-channel", "warning"),
+    "W213": ("alias-not-canonical", "warning"),
+    "W214": ("rarely-taught-command", "warning"),
 }
+MISUSE_CODES = {"subcommand": "W211", "dm-only": "W212", "alias": "W213"}
+COMMAND_MENTIONS_MIN = 15
+COUNTER_CATEGORY = "counter"  # rows that ask for a command or ability the bot lacks
 register_codes(CODES)
 
 Role = Literal["system", "user", "assistant"]
@@ -91,6 +98,11 @@ class Conversation:
     @property
     def category(self) -> str:
         return str(self.meta.get("category", ""))
+
+    @property
+    def channel(self) -> bool:
+        """The row's `"channel": true`: the exchange happens on a channel, not in a DM."""
+        return self.meta.get("channel") is True
 
 
 class DatasetSpec(BaseModel):
@@ -371,6 +383,9 @@ class LintLimits:
     opening_count: int = 10  # ...and more than 10 times
     size_min: int = 500  # the guide's recommended dataset size
     size_max: int = 2000
+    # A command named in a few replies is learned as a frame ("Send /x"), not as a fact:
+    # name it in at least this many replies, or in none. Checked from size_min rows up.
+    command_mentions: int = COMMAND_MENTIONS_MIN
 
 
 _NON_WORD = re.compile(r"[^\w\s]+")
@@ -401,6 +416,8 @@ def lint(
     issues.extend(_lint_duplicates(convs, path))
     issues.extend(_lint_canned(convs, path, limits))
     n = dataset.rows
+    if n >= limits.size_min:
+        issues.extend(_lint_rare_commands(convs, path, registry, limits))
     if not limits.size_min <= n <= limits.size_max:
         issues.append(
             Issue(
@@ -476,6 +493,44 @@ def _lint_replies(
                 f"{which} mentions {mention.written}, {why} {registry.bot}",
                 instead,
             )
+        for misuse in dict.fromkeys(registry.misuses(reply, conv.channel)):
+            what = {
+                "subcommand": f"{misuse.written} without its subcommand",
+                "dm-only": f"{misuse.written} on a channel row; it works only in a DM",
+                "alias": f"the alias {misuse.written} instead of {misuse.canonical}",
+            }[misuse.kind]
+            yield Issue(
+                MISUSE_CODES[misuse.kind], path, conv.line, f"{which} uses {what}", misuse.hint
+            )
+
+
+def _lint_rare_commands(
+    convs: Sequence[Conversation], path: str, registry: Registry, limits: LintLimits
+) -> Iterator[Issue]:
+    counts, first_line = command_counts(convs, registry)
+    for name, count in counts.items():
+        if count < limits.command_mentions:
+            yield Issue(
+                "W214",
+                path,
+                first_line[name],
+                f"{name} is named in {count} replies (fewer than {limits.command_mentions})",
+                f"teach it in {limits.command_mentions}+ varied replies or name it in none",
+            )
+
+
+def command_counts(
+    convs: Sequence[Conversation], registry: Registry
+) -> tuple[Counter[str], dict[str, int]]:
+    """How many replies name each real command (by its canonical name), and the first line."""
+    counts: Counter[str] = Counter()
+    first_line: dict[str, int] = {}
+    for conv in convs:
+        for reply in conv.replies:
+            for name in {m.canonical for m in registry.mentions(reply) if m.canonical}:
+                counts[name] += 1
+                first_line.setdefault(name, conv.line)
+    return counts, first_line
 
 
 def _lint_duplicates(convs: Sequence[Conversation], path: str) -> Iterator[Issue]:
@@ -621,6 +676,7 @@ def stats(
                 commands[m.canonical] += 1
             else:
                 unknown[m.written] += 1
+    per_reply, _ = command_counts(convs, registry)
     turns = Counter(sum(m.role == "assistant" for m in c.messages) for c in convs)
     mesh_master = sum(
         1
@@ -642,7 +698,14 @@ def stats(
         "share_80_150_chars": round(sum(80 <= c <= 150 for c in chars) / len(replies), 4)
         if replies
         else 0.0,
+        "channel_rows": sum(c.channel for c in convs),
+        "counter_examples": sum(c.category == COUNTER_CATEGORY for c in convs),
+        "replies_naming_a_command": sum(bool(registry.mentions(r)) for r in replies),
         "distinct_commands": len(commands),
+        "commands_taught_15_plus": sum(n >= COMMAND_MENTIONS_MIN for n in per_reply.values()),
+        "commands_taught_under_15": {
+            k: v for k, v in per_reply.most_common() if v < COMMAND_MENTIONS_MIN
+        },
         "command_usage": dict(commands.most_common()),
         "unknown_commands": dict(unknown.most_common()),
         "top_openings": dict(Counter(opening(r) for r in replies).most_common(top)),

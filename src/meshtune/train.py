@@ -30,6 +30,9 @@ from meshtune.recipe import LoadedRecipe, Recipe, dump_recipe
 from meshtune.rendering import render
 
 MIN_STEPS_PER_EPOCH = 20
+# Tokens past the prefix every example shares that two examples must also share to be packed
+# together: short enough that a system block differs within it from a plain question.
+PREFIX_GROUP = 32
 
 # ---------------------------------------------------------------------------- data
 
@@ -94,10 +97,13 @@ def pack(
     (None: file order), then filled in order, so each epoch sees a different but reproducible
     arrangement."""
     order = list(examples)
+    rng = random.Random(seed)
     if seed is not None:
-        random.Random(seed).shuffle(order)
+        rng.shuffle(order)
     if not packing:
         return [[e] for e in order]
+    if share:
+        order = by_prefix(order)
     rows: list[list[chat.Encoded]] = []
     used = seq_len + 1
     for e in order:
@@ -107,7 +113,28 @@ def pack(
             used, cost = 0, len(e.input_ids)
         rows[-1].append(e)
         used += cost
+    if share and seed is not None:
+        rng.shuffle(rows)  # grouped rows, in random order
     return rows
+
+
+def by_prefix(examples: Sequence[chat.Encoded]) -> list[chat.Encoded]:
+    """`examples` with those that share a long prefix beyond the one all of them share (Mesh
+    Master's system block in every rendered request) brought together, so packed rows compute
+    it once; otherwise the order is kept."""
+    if len(examples) < 2:
+        return list(examples)
+    first = examples[0].input_ids
+    common = min(len(e.input_ids) for e in examples)
+    for e in examples[1:]:
+        common = next(
+            (i for i, (a, b) in enumerate(zip(first, e.input_ids, strict=False)) if a != b),
+            common,
+        )
+    groups: dict[tuple[int, ...], list[chat.Encoded]] = {}
+    for e in examples:
+        groups.setdefault(tuple(e.input_ids[: common + PREFIX_GROUP]), []).append(e)
+    return [e for group in groups.values() for e in group]
 
 
 @dataclass(slots=True)

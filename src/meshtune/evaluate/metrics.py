@@ -2,8 +2,9 @@
 command dumps, the item's checks, speed) and across a suite (canned replies, pass rates,
 length distribution).
 
-A reply passes its item when the item's checks (expect_any, expect_all, forbid, max_chars)
-hold and it is not empty, a loop, a runaway, an invented-command or a command-dump reply. An
+A reply passes its item when the item's checks (expect_any, expect_all, forbid, max_chars;
+phrases match whole words, `re:` checks are regular expressions, see suite.py) hold and it
+is not empty, a loop, a runaway, an invented-command or a command-dump reply. An
 item's pass rate is the share of its samples that pass; the suite's pass rate is the mean of
 its items' pass rates.
 """
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshtune.commands import Registry
-from meshtune.evaluate.suite import Item
+from meshtune.evaluate.suite import Item, matches
 from meshtune.meshmaster import split_chunks
 
 # Loop detector thresholds. A reply loops when any of these holds:
@@ -82,10 +83,6 @@ def loop_reason(text: str) -> str | None:
     return None
 
 
-def _has(text: str, needle: str) -> bool:
-    return needle.lower() in text
-
-
 def measure(
     text: str,
     finish_reason: str,
@@ -96,11 +93,10 @@ def measure(
 ) -> dict[str, Any]:
     """Every per-reply metric, and the list of failures (empty when the reply passes)."""
     reply = text.strip()
-    low = reply.lower()
     unknown = sorted({m.written for m in registry.unknown(reply)})
     loop = loop_reason(reply)
-    missing_all = [s for s in item.expect_all if not _has(low, s)]
-    forbidden = [s for s in item.forbid if _has(low, s)]
+    missing_all = [s for s in item.expect_all if not matches(s, reply)]
+    forbidden = [s for s in item.forbid if matches(s, reply)]
     failures = {
         "empty": not reply,
         "loop": loop is not None,
@@ -108,7 +104,7 @@ def measure(
         "invented-command": bool(unknown),
         "command-dump": registry.is_command_dump(reply),
         "missing-expected": bool(item.expect_any)
-        and not any(_has(low, s) for s in item.expect_any),
+        and not any(matches(s, reply) for s in item.expect_any),
         "missing-required": bool(missing_all),
         "forbidden": bool(forbidden),
         "too-long": len(reply) > item.max_chars,

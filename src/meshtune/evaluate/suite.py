@@ -3,16 +3,23 @@
 One JSON object per line (see DESIGN.md):
     {"id": "relay-01", "category": "relay", "prompt": "How do I relay to alice?",
      "expect_any": ["alice"], "expect_all": [], "forbid": ["/relay"], "max_chars": 200}
-`prompt` may be replaced by `messages` (a chat so far, ending with the user's turn). String
-checks are case-insensitive substring matches. Unknown keys are errors, so a typo such as
-`forbidd` cannot silently pass.
+`prompt` may be replaced by `messages` (a chat so far, ending with the user's turn);
+`"channel": true` marks a question asked on a channel rather than in a DM. Checks are
+case-insensitive and never bare substrings: a plain check is a phrase matched as whole words
+("hi" does not match "this", "/node" does not match "/nodes"), and a check starting with `re:`
+is a regular expression searched in the reply (`re:favou?rite`). Optional `good` and `bad`
+keys hold a correct reply and a plausible wrong one: the shipped suite's tests prove that
+every item's checks accept the first and reject the second. Unknown keys are errors, so a typo
+such as `forbidd` cannot silently pass.
 
 Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
 `mesh` (the repository's data/eval/mesh_eval.jsonl).
 """
 
 import json
+import re
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -23,11 +30,26 @@ from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
+REGEX_PREFIX = "re:"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILTIN = {
     "quick": "meshtune/assets/quick_eval.jsonl",
     "mesh": "data/eval/mesh_eval.jsonl",
 }
+
+
+@cache
+def check_pattern(check: str) -> re.Pattern[str]:
+    """The pattern a check string stands for: `re:<regex>` as written, anything else as a
+    phrase that must stand as whole words (no word character just before or after it)."""
+    if check.startswith(REGEX_PREFIX):
+        return re.compile(check.removeprefix(REGEX_PREFIX), re.IGNORECASE)
+    return re.compile(rf"(?<!\w){re.escape(check)}(?!\w)", re.IGNORECASE)
+
+
+def matches(check: str, text: str) -> bool:
+    """Whether a reply satisfies one check string (see the module docstring)."""
+    return check_pattern(check).search(text) is not None
 
 
 class Turn(BaseModel):
@@ -48,7 +70,23 @@ class Item(BaseModel):
     expect_all: tuple[str, ...] = ()
     forbid: tuple[str, ...] = ()
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
-    channel: bool = False  # asked on a channel (`/ai ...`), not in a DM
+    channel: bool = False  # asked on a channel (the bot's `/ai` request), not in a DM
+    good: str | None = Field(default=None, min_length=1)  # a reply the checks must accept
+    bad: str | None = Field(default=None, min_length=1)  # a plausible reply they must reject
+
+    @model_validator(mode="after")
+    def _checks_compile(self) -> "Item":
+        for check in (*self.expect_any, *self.expect_all, *self.forbid):
+            if not check.strip() or check != check.strip():
+                raise ValueError(
+                    f"check {check!r} is empty or has spaces at its ends; whole words are "
+                    "implied, so write the phrase alone"
+                )
+            try:
+                check_pattern(check)
+            except re.error as e:
+                raise ValueError(f"check {check!r} is not a valid regular expression ({e})") from e
+        return self
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "Item":
