@@ -104,7 +104,9 @@ def test_chat_as_the_bot_in_a_pseudo_terminal_dm_persona_channel_and_prompt(tmp_
     text, n = term.reply("what's a good SNR?")
     check_numbers(text, n)
     shown = term.type("/prompt")
-    assert "Question: what's a good SNR?" in shown and meshmaster.DM_PLACEHOLDER not in shown
+    assert "Question: what's a good SNR?" in shown
+    assert "K7QX: /ai what's a good SNR?" in shown  # the bot logs the /ai message itself
+    assert "first aid" not in shown  # the channel is its own log: nothing of the DM
     assert term.close() == 0
 
 

@@ -135,7 +135,8 @@ class Session:
     persona: str | None = None
     sender: str = "K7QX"
     seed: int = 0
-    history: list[meshmaster.Line] = field(default_factory=list)  # bot mode: the bot's log
+    # bot mode: the bot's log of the DM and of the channel, two separate conversations
+    logs: dict[bool, list[meshmaster.Line]] = field(default_factory=lambda: {False: [], True: []})
     turns: list[dict[str, str]] = field(default_factory=list)  # raw mode: the chat so far
     last: Request | None = None
 
@@ -172,7 +173,7 @@ class Session:
             message,
             self.bot,
             persona=self.persona,
-            history=self.history,
+            history=self.logs[self.channel],
             sender=self.sender,
             channel=self.channel,
         )
@@ -191,7 +192,7 @@ class Session:
         if self.raw:
             self.turns = [*request.turns, {"role": "assistant", "content": reply.text}]
         else:
-            self.history += [
+            self.logs[self.channel] += [
                 meshmaster.Line(self.sender, message),
                 meshmaster.Line("", reply.text, ai=True),
             ]
@@ -206,7 +207,7 @@ class Session:
         if word == "/help":
             return HELP
         if word == "/reset":
-            self.history, self.turns = [], []
+            self.logs[self.channel], self.turns = [], []
             return "conversation forgotten"
         if word == "/prompt":
             if self.last is None:
