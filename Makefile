@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all lint clean go
+.PHONY: run test test-all lint clean go browser sshd
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,11 +21,19 @@ run: $(STAMP)
 go:
 	@command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go)
 
-test: $(STAMP) go
+# Debian's Chromium and ChromeDriver: the HTML reports are opened in a real browser (tests only).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+
+# Debian's OpenSSH server: `deploy --to` is tested against a real sshd on loopback (tests only).
+sshd:
+	@test -x /usr/sbin/sshd || (apt-get update -qq && apt-get install -y -qq --no-install-recommends openssh-server)
+
+test: $(STAMP) go browser sshd
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
-test-all: $(STAMP) go
+test-all: $(STAMP) go browser sshd
 	$(VENV)/bin/pytest -m ''
 
 lint: $(STAMP)

@@ -356,7 +356,7 @@ def eval_cmd(
         from meshtune.evaluate.report import render_comparison
 
         typer.echo(render_comparison(comp))
-        typer.echo(f"wrote {folder}/compare.md")
+        typer.echo(f"wrote {folder}/compare.md, compare.html")
         raise typer.Exit(0 if comp.b.ready else 1)
     _print_verdict(result)
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
@@ -518,11 +518,49 @@ def deploy_cmd(
         typer.Option(help="Mesh Master's config.json: ollama_model is set (a backup is kept)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Deploy even if verification failed.")] = False,
+    to: Annotated[
+        str | None, typer.Option(help="USER@HOST: deploy to the Pi over ssh (config: its path).")
+    ] = None,
+    restart: Annotated[
+        str | None, typer.Option(help="With --to: the service to restart, e.g. mesh-ai.")
+    ] = None,
+    remote_dir: Annotated[
+        str | None, typer.Option(help="With --to: folder for the files (meshtune-models/NAME).")
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None, typer.Option(help="With --to: an ssh -o option, e.g. Port=2222.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="With --to: print every step, run none.")] = False,
 ) -> None:
-    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json."""
+    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json;
+    with --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
     import shlex
 
     from meshtune import export
+
+    if to is not None:
+        from meshtune.remote import deploy_remote
+
+        done = deploy_remote(
+            run,
+            name,
+            to,
+            config=str(mesh_master_config) if mesh_master_config else None,
+            restart=restart,
+            remote_dir=remote_dir,
+            ssh_options=ssh_option or [],
+            force=force,
+            dry_run=dry_run,
+            log=typer.echo,
+        )
+        if dry_run:
+            return
+        typer.echo(f"deployed {name} to {done.target}:{done.folder}")
+        if done.config:
+            typer.echo(f"set ollama_model in {done.config} (backup: {done.backup})")
+        if done.restarted:
+            typer.echo(f"restarted {done.restarted}")
+        return
 
     result = export.deploy(run, name, mesh_master_config, force)
     command = shlex.join(result.command)
@@ -535,6 +573,42 @@ def deploy_cmd(
             f"set ollama_model to {name!r} in {result.config} (backup: {result.backup}); "
             "restart Mesh Master (sudo systemctl restart mesh-ai)"
         )
+
+
+@app.command("chat")
+def chat_cmd(
+    model: Annotated[str, typer.Argument(help="A run directory, a .gguf file, or 'smollm2-135m'.")],
+    raw: Annotated[
+        bool, typer.Option(help="A plain chat with the Modelfile's options, not the bot's.")
+    ] = False,
+    mesh_master_config: MeshConfigOpt = None,
+    personas: PersonasOpt = None,
+    persona: PersonaOpt = None,
+    channel: Annotated[
+        bool, typer.Option(help="Start on a channel (messages go as /ai ...), not in a DM.")
+    ] = False,
+    sender: Annotated[str, typer.Option(help="Your node's shortname.")] = "K7QX",
+    seed: Annotated[int, typer.Option(help="Seed of the first reply (then +1 per reply).")] = 0,
+    registry: RegistryOpt = None,
+) -> None:
+    """Talk to the model through llama.cpp as Mesh Master will: each reply with its characters,
+    UTF-8 bytes, 160-byte radio chunks, the 80-token cap, and commands the bot does not have."""
+    from rich.console import Console
+
+    from meshtune import chat_terminal
+
+    session = chat_terminal.open_session(
+        model,
+        raw=raw,
+        config=mesh_master_config,
+        personas=personas,
+        persona=persona,
+        channel=channel,
+        sender=sender,
+        seed=seed,
+        registry=load_registry(registry),
+    )
+    chat_terminal.run(session, Console(highlight=False))
 
 
 @app.command("run")

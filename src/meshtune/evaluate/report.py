@@ -34,6 +34,7 @@ def write_comparison(out: Path, comp: "Comparison") -> None:
     _mkdir(out)
     write_json(out / "compare.json", comp.to_dict())
     write_text(out / "compare.md", render_comparison(comp))
+    write_text(out / "compare.html", render_comparison_html(comp))
 
 
 def _mkdir(out: Path) -> None:
@@ -303,8 +304,8 @@ def render_html(result: "EvalResult") -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>meshtune eval: {e(s['label'])}</title><style>{CSS}</style></head><body>",
         f"<h1>meshtune eval: {e(s['label'])}</h1><p><small>{e(_run_line(s))}</small></p>",
-        f"<p class='verdict {'ok' if v.ready else 'bad'}'>{v.label}</p>",
-        "<table><tr><th>criterion</th><th>value</th><th>limit</th><th>pass</th></tr>",
+        f"<p id='verdict' class='verdict {'ok' if v.ready else 'bad'}'>{v.label}</p>",
+        "<table id='criteria'><tr><th>criterion</th><th>value</th><th>limit</th><th>pass</th></tr>",
     ]
     for c in v.criteria:
         cls = "ok" if c.ok else "bad"
@@ -318,11 +319,11 @@ def render_html(result: "EvalResult") -> str:
         parts.append(_reply_table(c.examples))
     parts.append("<h2>Numbers</h2><table>")
     parts += [f"<tr><th>{e(k)}</th><td>{e(val)}</td></tr>" for k, val in _numbers(s)]
-    parts.append("</table><h2>Reply length</h2>")
+    parts.append("</table><h2>Reply length</h2><figure id='length-histogram'>")
     parts.append(length_histogram(result.rows, cfg.get("max_p90_chars", 200)))
-    parts.append("<h2>Pass rate by category</h2>")
+    parts.append("</figure><h2>Pass rate by category</h2><figure id='category-bars'>")
     parts.append(category_bars(s["categories"], cfg.get("min_pass_rate")))
-    parts.append(f"<h2>The {WORST_ITEMS} worst items</h2><table>")
+    parts.append(f"</figure><h2>The {WORST_ITEMS} worst items</h2><table id='worst-items'>")
     parts.append(
         "<tr><th>item</th><th>question</th><th>worst reply</th><th>typical reply</th></tr>"
     )
@@ -342,6 +343,72 @@ def render_html(result: "EvalResult") -> str:
     parts.append("</table><h2>Definitions</h2>")
     parts.append(f"<p>{e(_thresholds())}</p>")
     parts.append(f"<p><small>System prompt: {e(s['system_prompt'])}</small></p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def comparison_bars(comp: "Comparison") -> str:
+    """Each category's item pass rate, A and B side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["category"] for c in comp.categories]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 0.9))
+    ys = range(len(names))
+    for offset, side, color in ((-0.2, "a", "#95a5a6"), (0.2, "b", "#2c3e50")):
+        rates = [c[side] or 0 for c in comp.categories]
+        label = comp.a.summary["label"] if side == "a" else comp.b.summary["label"]
+        ax.barh(
+            [y + offset for y in ys],
+            rates,
+            height=0.4,
+            color=color,
+            label=f"{side.upper()} {label}",
+        )
+    ax.set_yticks(list(ys), names)
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("item pass rate")
+    ax.legend(loc="lower right", fontsize=8)
+    return _svg(fig)
+
+
+def render_comparison_html(comp: "Comparison") -> str:
+    a, b = comp.a, comp.b
+    e = html.escape
+    title = f"meshtune compare: A {a.summary['label']} vs B {b.summary['label']}"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<p><small>suite {e(a.summary['suite'])} · profile {e(a.summary['profile'])}</small></p>",
+    ]
+    for tag, r in (("A", a), ("B", b)):
+        parts.append(
+            f"<p id='verdict-{tag.lower()}' class='verdict {'ok' if r.ready else 'bad'}'>{tag} "
+            f"{e(r.summary['label'])}: "
+            f"{r.verdict.label}</p>"
+        )
+    parts.append("<table id='measures'><tr><th>measure</th><th>A</th><th>B</th><th>B - A</th>")
+    parts.append("<th>better</th></tr>")
+    for m in comp.metrics:
+        parts.append(
+            f"<tr><td>{e(m['name'])}</td><td>{_num(m['a'])}</td><td>{_num(m['b'])}</td>"
+            f"<td>{_delta(m['delta'])}</td><td>{m['better'].upper() or '-'}</td></tr>"
+        )
+    parts.append("</table><h2>Pass rate by category</h2><figure id='category-bars'>")
+    parts.append(comparison_bars(comp))
+    parts.append("</figure>")
+    for title_, entries in (("Improved", comp.improved), ("Regressed", comp.regressed)):
+        parts.append(f"<h2>{title_} items ({len(entries)})</h2><table id='{title_.lower()}'>")
+        parts.append("<tr><th>item</th><th>category</th><th>A</th><th>B</th><th>question</th></tr>")
+        parts += [
+            f"<tr><td>{e(x['item'])}</td><td>{e(x['category'])}</td><td>{x['a']:.2f}</td>"
+            f"<td>{x['b']:.2f}</td><td>{e(x['question'])}</td></tr>"
+            for x in entries
+        ]
+        parts.append("</table>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
