@@ -107,6 +107,10 @@ def data_stats(
     if s["unknown_commands"]:
         unknown = ", ".join(f"{k} {v}" for k, v in s["unknown_commands"].items())
         typer.echo(f"unknown commands     {unknown}")
+    fewer = ", ".join(f"{k} {v}" for k, v in s["commands_taught_under_15"].items()) or "none"
+    typer.echo(f"commands taught 15+  {s['commands_taught_15_plus']}; in 1-14 replies: {fewer}")
+    typer.echo(f"counter-examples     {s['counter_examples']}")
+    typer.echo(f"channel rows         {s['channel_rows']}")
     typer.echo(
         "top reply openings   " + "; ".join(f"{k!r} {v}" for k, v in s["top_openings"].items())
     )
