@@ -22,6 +22,7 @@ import datetime
 import gc
 import json
 import math
+import os
 import random
 import subprocess
 import time
