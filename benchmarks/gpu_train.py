@@ -329,10 +329,10 @@ def main() -> None:
         return
     peak = peak_tflops()
     commit = (
-        subprocess.run(
+        os.environ.get("MESHTUNE_COMMIT")
+        or subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip()
-        or "unknown"
     )
     import peft
     import transformers
