@@ -312,10 +312,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    from transformers import AutoTokenizer
+
     from meshtune.train.plan import token_budget
 
-    tokenizer = llama3_tokenizer(args.tokenizer)
-    exs = examples(tokenizer, 4096)
+    # the 1B shape under Llama-3's template, the 135M shape under its own (ChatML)
+    tokenizers = {
+        "llama-3.2-1b": llama3_tokenizer(args.tokenizer),
+        "smollm2-135m": AutoTokenizer.from_pretrained(args.tokenizer),
+    }
+    exs = examples(tokenizers["llama-3.2-1b"], 4096)
     if args.fp16_cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(args.fp16_cap_gib * 2**30 / total)
@@ -346,13 +352,15 @@ def main() -> None:
         "commit": commit,
         "peak_bf16_tflops_measured": round(peak, 1),
         "conversations": len(exs),
-        "tokens": sum(len(e.input_ids) for e in exs),
-        "trained_tokens": sum(e.trained for e in exs),
+        "tokens_llama3_template": sum(len(e.input_ids) for e in exs),
+        "trained_tokens_llama3_template": sum(e.trained for e in exs),
         "shapes": {},
     }
     legs = args.legs.split(",")
     for shape in args.shapes.split(","):
         flops = Flops(shape)
+        tokenizer = tokenizers[shape]
+        exs = examples(tokenizer, 4096)
         results: dict[str, Any] = {}
         runs = leg_runs(
             shape, exs, tokenizer.pad_token_id, token_budget(SHAPES[shape], 4096), args.steps
@@ -371,11 +379,10 @@ def main() -> None:
                 if ref in results and name != ref:
                     r[f"x_{ref[0]}"] = round(r["tokens_per_s"] / results[ref]["tokens_per_s"], 2)
         out["shapes"][shape] = {"params": flops.total_params, **results}
+        if args.out:  # after each shape, so a run cut short keeps what it measured
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
     text = json.dumps(out, indent=1)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
