@@ -15,6 +15,8 @@ takes logits, attention over the query-key pairs it evaluates: forward plus twic
 
     python benchmarks/gpu_train.py --tokenizer DIR --out benchmarks/results/X.json
     python benchmarks/gpu_train.py --tokenizer DIR --fp16-cap-gib 15   (the T4 path, alone)
+    accelerate launch --num_processes 2 benchmarks/gpu_train.py --tokenizer DIR --legs c
+        (two GPUs: the same global batch split between them)
 """
 
 import argparse
@@ -261,21 +263,26 @@ def meshtune_step(
     )
     flops = Flops(shape)
     rows = pack(exs, seq_len, True, 0, share=False)
+    # the same global batch on any number of processes: each takes its share of the step's rows
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = math.ceil(rows_per_step / world)
     groups = [
-        micro_batches(rows[i : i + rows_per_step], rows_per_step, share=False)
+        micro_batches(rows[i : i + rows_per_step], per_process, share=False)
         for i in range(0, len(rows) - rows_per_step + 1, rows_per_step)
     ]
     losses: list[Any] = []
 
     def step(group: list[Any]) -> tuple[int, float]:
-        losses.append(trainer.train_step(group, group))
-        joined = engine.batches(group)
+        mine = group[rank::world]
+        losses.append(trainer.train_step(group, mine))
+        joined = engine.batches(mine)
         positions = sum(
             math.ceil(len(b.input_ids) / engine.quantum) * engine.quantum for b in joined
         )
-        pairs = sum((e - s) * (e - s + 1) // 2 for b in group for s, e, _, _ in b.segments)
-        return sum(b.tokens for b in group), flops.done(
-            positions, sum(b.trained for b in group), pairs
+        pairs = sum((e - s) * (e - s + 1) // 2 for b in mine for s, e, _, _ in b.segments)
+        # tokens of the whole step (all processes); FLOPs of this process's share, times world
+        return sum(b.tokens for b in group), world * flops.done(
+            positions, sum(b.trained for b in mine), pairs
         )
 
     result = measure(step, groups, warmup, steps)
@@ -291,9 +298,9 @@ def leg_runs(
         "a_naive_padded_4": lambda: naive(shape, exs, pad, 3, steps),
         "b_hf_packed_4x4096_compiled": lambda: hf_packed(shape, exs, 5, steps),
         "c_meshtune_token_budget": lambda: meshtune_step(
-            shape, exs, 4096, budget // 4096, budget, 5, steps
+            shape, exs, 4096, budget // 4096, budget, 10, steps
         ),
-        "d_meshtune_v2_micro_batch": lambda: meshtune_step(shape, exs, 512, 4, 2048, 5, steps * 4),
+        "d_meshtune_v2_micro_batch": lambda: meshtune_step(shape, exs, 512, 4, 2048, 25, steps * 4),
     }
 
 
@@ -312,6 +319,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    from accelerate import PartialState
+
+    process = PartialState()  # under `accelerate launch`: one process per GPU, device set
+    torch.cuda.set_device(process.device)
     from transformers import AutoTokenizer
 
     from meshtune.train.plan import token_budget
@@ -370,19 +381,24 @@ def main() -> None:
                 continue
             r = leg()
             free()
-            r["mfu"] = 4 * flops.total_params * r["tokens_per_s"] / (peak * 1e12)
-            r["hfu"] = r.pop("flops_per_s") / (peak * 1e12)
+            gpus_peak = peak * 1e12 * process.num_processes
+            r["mfu"] = 4 * flops.total_params * r["tokens_per_s"] / gpus_peak
+            r["hfu"] = r.pop("flops_per_s") / gpus_peak
             results[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-            print(shape, name, json.dumps(results[name]), flush=True)
+            if process.is_main_process:
+                print(shape, name, json.dumps(results[name]), flush=True)
         for name, r in results.items():
             for ref in ("a_naive_padded_4", "b_hf_packed_4x4096_compiled"):
                 if ref in results and name != ref:
                     r[f"x_{ref[0]}"] = round(r["tokens_per_s"] / results[ref]["tokens_per_s"], 2)
         out["shapes"][shape] = {"params": flops.total_params, **results}
-        if args.out:  # after each shape, so a run cut short keeps what it measured
+        if args.out and process.is_main_process:  # a run cut short keeps what it measured
             args.out.write_text(json.dumps(out, indent=1) + "\n")
-    text = json.dumps(out, indent=1)
-    print(text)
+    out["processes"] = process.num_processes
+    if process.is_main_process:
+        print(json.dumps(out, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

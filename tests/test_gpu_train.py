@@ -96,3 +96,108 @@ def test_packed_cuda_loss_and_lora_gradients_equal_each_conversation_alone():
     worst = max((got[n] - want[n]).norm() / want[n].norm() for n in want)
     print(f"worst relative difference of a LoRA gradient: {worst:.2e} over {len(got)} tensors")
     assert worst < 3e-2
+
+
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def chatml_tokenizer(texts: list[str]):
+    """A byte-level BPE trained here on `texts`, with ChatML's tokens and template: a real
+    tokenizer without any model files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        additional_special_tokens=specials,
+    )
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
+    """`train` on a CUDA GPU: the plan names the CUDA engine, the eval loss falls, the last step
+    is evaluated and the adapters are written."""
+    import json
+
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, train
+
+    words = ["relay", "snr", "hops", "router", "channel", "antenna", "battery", "region"]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"tell me about {words[i % 8]} number {i}"},
+                {"role": "assistant", "content": f"{words[i % 8]} is fine. ok {i % 3}."},
+            ]
+        }
+        for i in range(160)
+    ]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = chatml_tokenizer([m["content"] for r in rows for m in r["messages"]])
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = tmp_path / "model"
+    LlamaForCausalLM(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    recipe = tmp_path / "recipe.yaml"
+    keys = dict(
+        base_model=str(model),
+        datasets=[{"path": str(data)}],
+        sequence_len=256,
+        micro_batch_size=2,
+        max_steps=12,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_linear=True,
+        val_set_size=16,
+        eval_steps=5,
+        warmup_ratio=0.1,
+        seed=7,
+    )
+    recipe.write_text(yaml.safe_dump(keys))
+    lines: list[str] = []
+    summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lines.append)
+    print("\n".join(lines))
+    assert any(line.startswith("engine            CUDA: one flex-attention") for line in lines)
+    assert summary["device"] == "cuda" and summary["steps"] == 12
+    assert summary["eval_loss_after"] < summary["eval_loss_before"]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [0, 5, 10, 12]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 13))
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
