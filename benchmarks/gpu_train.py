@@ -322,7 +322,7 @@ def main() -> None:
     from accelerate import PartialState
 
     process = PartialState()  # under `accelerate launch`: one process per GPU, device set
-    torch.cuda.set_device(process.device)
+    torch.cuda.set_device(process.local_process_index)
     from transformers import AutoTokenizer
 
     from meshtune.train.plan import token_budget
