@@ -165,9 +165,10 @@ class Engine:
 
     @property
     def quantum(self) -> int:
-        """CUDA micro batches are padded to a multiple of this: an eighth of the budget, so the
-        compiled layers see at most eight shapes and a micro batch wastes at most an eighth."""
-        return max(128, math.ceil((self.budget or 0) / 8 / 128) * 128)
+        """CUDA micro batches are padded to a multiple of this: an eighth of the budget (at least
+        1024 tokens), so the compiled layers see at most eight shapes, each compiled once, and a
+        micro batch wastes at most an eighth."""
+        return max(1024, math.ceil((self.budget or 0) / 8 / 128) * 128)
 
     def batches(self, batches: Sequence[Batch]) -> list[Batch]:
         if self.name == CPU_ENGINE:
