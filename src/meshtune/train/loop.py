@@ -198,6 +198,7 @@ class Trainer:
     say: Any
     tokens_seen: int = 0
     trained_seen: int = 0
+    start: float = 0.0  # perf_counter() when the steps began
     pending: list[tuple[int, float, float, Any]] = field(default_factory=list)
 
     @property

@@ -138,6 +138,7 @@ def packed_causal_lm(peft_model: Any, compile_layers: bool = True) -> Any:
     loss."""
     base = peft_model.get_base_model()
     if compile_layers:
+        # up to eight padded shapes, each in training and in evaluation (no_grad)
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
         for layer in base.get_decoder().layers:
             layer.compile(dynamic=False)
