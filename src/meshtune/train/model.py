@@ -1,0 +1,122 @@
+"""The model, its LoRA adapter, precision, optimizer and learning-rate schedule."""
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from meshtune.errors import MeshtuneError
+from meshtune.recipe import Recipe
+from meshtune.train.attention import (
+    DOCUMENT_ATTENTION,
+    PACKED_ATTENTION,
+    register_document_attention,
+    register_packed_attention,
+)
+
+
+def precision(recipe: Recipe, cuda: bool) -> str:
+    """CPU: float32. CUDA: bf16 where the card has it, else fp16 with loss scaling (a T4)."""
+    import torch
+
+    if not cuda:
+        return "no"
+    if recipe.bf16 is not False and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if recipe.fp16 or recipe.bf16 in (True, "auto"):
+        return "fp16"
+    return "no"
+
+
+def load_model(
+    recipe: Recipe,
+    folder: Path,
+    cuda: bool,
+    precision: str,
+    trust_remote_code: bool,
+    allow_lora_fallback: bool,
+    say: Any,
+) -> Any:
+    """The base model with the engine's attention and a LoRA adapter on it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if cuda:
+        register_document_attention()
+    else:
+        register_packed_attention()
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code,
+        "attn_implementation": DOCUMENT_ATTENTION if cuda else PACKED_ATTENTION,
+    }
+    if recipe.quantized:
+        if cuda and has("bitsandbytes"):
+            from peft import prepare_model_for_kbit_training
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=recipe.adapter == "qlora" or recipe.load_in_4bit,
+                load_in_8bit=recipe.load_in_8bit and not recipe.load_in_4bit,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=dtype,
+            )
+        elif allow_lora_fallback:
+            say(
+                "WARNING: qlora / 4-bit loading needs bitsandbytes on CUDA; "
+                "training plain LoRA instead "
+                "(--allow-lora-fallback)"
+            )
+        else:
+            raise MeshtuneError(
+                "qlora / load_in_4bit needs bitsandbytes on a CUDA GPU, and there is none "
+                "here; use adapter: lora, or pass --allow-lora-fallback"
+            )
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if "quantization_config" in kwargs:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    return model.to("cuda") if cuda and "quantization_config" not in kwargs else model
+
+
+def optimizer(recipe: Recipe, params: list[Any], cuda: bool, say: Any) -> Any:
+    import torch
+
+    if recipe.optimizer in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
+        if cuda and has("bitsandbytes"):
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(
+                params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+            )
+        say(
+            f"note: {recipe.optimizer} needs bitsandbytes on CUDA; using AdamW (LoRA's optimizer "
+            "state is small either way)"
+        )
+    return torch.optim.AdamW(
+        params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, fused=cuda or None
+    )
+
+
+def scheduler(recipe: Recipe, optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    return get_scheduler(
+        name[recipe.lr_scheduler],
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
+    )
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

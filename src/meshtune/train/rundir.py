@@ -1,0 +1,149 @@
+"""What training writes into the run directory: adapters, checkpoints, metrics and the plot."""
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from meshtune.errors import MeshtuneError
+from meshtune.train.state import TrainState
+
+
+def check_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse a run directory that cannot be used, touching nothing."""
+    if run.exists() and not run.is_dir():
+        raise MeshtuneError(f"{run}: not a directory; choose another --output-dir")
+    if resume:
+        if not (run / "checkpoints").is_dir():
+            raise MeshtuneError(f"{run}: no checkpoints to resume from; run without --resume")
+        return
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise MeshtuneError(
+            f"{run}: output directory is not empty; pass --overwrite to replace it, "
+            "--resume to continue it, or choose another --output-dir"
+        )
+
+
+def prepare_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
+    """Called once everything the run needs has been checked and loaded: only then is an
+    existing run replaced (`overwrite`)."""
+    check_run_dir(run, overwrite, resume)
+    if not resume and run.exists() and any(run.iterdir()):
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_adapter(model: Any, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+
+
+def save_checkpoint(
+    run: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState
+) -> None:
+    import torch
+
+    root = run / "checkpoints"
+    folder = root / f"step-{state.step:06d}"
+    tmp = root / f".step-{state.step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "adapter")
+    rng = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "state": asdict(state),
+        },
+        tmp / "state.pt",
+    )
+    os.replace(tmp, folder)
+    for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
+        shutil.rmtree(old)
+
+
+def restore_checkpoint(
+    run: Path, model: Any, optimizer: Any, scheduler: Any, say: Any
+) -> TrainState:
+    import torch
+
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    if not checkpoints:
+        raise MeshtuneError(f"{run}: no checkpoints to resume from; run without --resume")
+    last = checkpoints[-1]
+    saved = torch.load(last / "state.pt", weights_only=False)
+    load_adapter(model, last / "adapter")
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(saved["rng"]["random"])
+    if "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    state = TrainState(**saved["state"])
+    state.evals = [tuple(e) for e in state.evals]  # type: ignore[misc]
+    say(f"resuming from {last.name} (step {state.step})")
+    return state
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line; on resume, lines after the checkpoint go."""
+
+    def __init__(self, path: Path, keep_until: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if keep_until and path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= keep_until
+            ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
