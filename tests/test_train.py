@@ -423,7 +423,7 @@ def summary_evals(run: Path) -> list[tuple[int, float]]:
 # The first train losses of the tiny random model under seed 7 on CPU. A change to labels,
 # packing, masking, the loss normaliser, the schedule or the optimizer moves them: if the change
 # is meant, put the new values here and say why. Last moved by packing rows of examples that
-# share a long prefix together, then shuffling the rows (the same loss per row, another order).
+# share a long prefix together, then shuffling the rows.
 PINNED_LOSSES = [
     10.867712072423986,
     10.86074313869724,
