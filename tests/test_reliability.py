@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -572,6 +573,27 @@ def test_sigterm_during_export_removes_its_temp_files_and_exits_130(proved):
     assert temps(proved) == []
 
 
+def test_sigint_during_train_names_the_checkpoint_it_kept_and_exits_130(tmp_path, tiny_llama):
+    from tests.test_train import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, max_steps=100_000, save_steps=1, eval_steps=1000)
+    run = tmp_path / "run"
+    proc = _meshtune("train", recipe, "--output-dir", run)
+    deadline = time.time() + 180
+    while not list(run.glob("checkpoints/step-*")) and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    # (the progress bar shares stderr)
+    said = re.findall(r"interrupted \(SIGINT\): [^\r\n]*", err)
+    assert said == [said[0]] and "Traceback" not in err, err
+    assert said[0].startswith(f"interrupted (SIGINT): kept the last checkpoint, {run}/checkpoints/")
+    assert said[0].endswith("(continue with --resume)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Properties: random recipes, --set values and bytes; success or one line with exit 2
 
@@ -596,8 +618,8 @@ yaml_scalars = st.one_of(
 )  # fmt: skip
 yaml_values = st.recursive(
     yaml_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: st.lists(inner, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=6), inner, min_size=1, max_size=3),
     max_leaves=6,
 )  # fmt: skip
 FAST = settings(
