@@ -430,8 +430,8 @@ def export_cmd(
     _quiet_transformers()
     _on_interrupt(
         lambda: (
-            f"export stopped before its proof: {run}/verify.json does not prove the new "
-            "files, so deploy refuses them; run export again"
+            f"export stopped; the files it had finished stay in {run}, its temp files are "
+            "removed, and deploy refuses any GGUF verify.json did not prove; run export again"
         )
     )
     info, verification = export.export(run, quant=quant, name=name, progress=typer.echo)
