@@ -289,12 +289,15 @@ def test_the_v2_modelfile_against_a_llama3_gguf_shows_its_double_bos(llama3, rea
 # Bad input: one line, exit 2, nothing half-written
 
 
-def test_an_unsupported_architecture_is_refused_naming_what_is_supported(tmp_path, cli):
+def test_an_unsupported_architecture_is_refused_naming_what_is_supported(
+    tmp_path, cli, smol_tokenizer
+):
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
     base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100))
     base.save_pretrained(tmp_path / "gpt2")
+    smol_tokenizer.save_pretrained(tmp_path / "gpt2")  # a complete model folder, of another kind
     peft = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"]))
     peft.save_pretrained(tmp_path / "run" / "best")
     summary = {"base_model": str(tmp_path / "gpt2"), "best_adapter": "best"}
@@ -317,9 +320,14 @@ def test_an_unsupported_architecture_is_refused_naming_what_is_supported(tmp_pat
     ],
 )
 def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, args, setup, message):
+    from safetensors.numpy import save_file
+
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
-    (run / "best" / "adapter_config.json").write_text("{}")
+    (run / "best" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    save_file(
+        {"lora_A.weight": np.zeros((8, 4), np.float32)}, run / "best" / "adapter_model.safetensors"
+    )
     (run / "train_summary.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
     if setup == "no-summary":
         (run / "train_summary.json").unlink()

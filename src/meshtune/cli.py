@@ -1,7 +1,12 @@
 """The `meshtune` command: one thin command per stage; parsing and printing only."""
 
 import json
+import os
+import shlex
+import signal
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,13 +14,15 @@ import typer
 
 from meshtune import data as data_mod
 from meshtune.commands import load_registry
-from meshtune.errors import MeshtuneError
+from meshtune.errors import Interrupted, MeshtuneError
+from meshtune.files import check_output_dir
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Fine-tune, export and prove small chat models for Meshtastic mesh bots.",
+    help="Fine-tune, export and prove small chat models for Meshtastic mesh bots. "
+    "Add --debug to any command to see the traceback of an error.",
 )
 data_app = typer.Typer(
     no_args_is_help=True, help="Check, describe, split and convert chat datasets."
@@ -47,6 +54,8 @@ def data_check(
     Exit code 0: no errors; 1: errors (or warnings with --strict); 2: the file cannot be read.
     """
     dataset, issues = data_mod.check(file, load_registry(registry))
+    if dataset.rows == 0:  # as `data stats` says it: nothing to check is not a clean file
+        raise MeshtuneError(f"{file}: no conversations (the file has no rows); add JSONL rows")
     errors = sum(i.severity == "error" for i in issues)
     warnings = len(issues) - errors
     by_code = {}
@@ -128,6 +137,8 @@ def data_split(
     ] = None,
 ) -> None:
     """Split into FILE.train.jsonl and FILE.eval.jsonl; near-duplicate prompts stay together."""
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out-dir")
     convs = data_mod.load_conversations(file)
     train, evals = data_mod.split(convs, eval_fraction, seed)
     folder = out_dir or file.parent
@@ -147,7 +158,8 @@ def data_convert(
     output: Annotated[Path, typer.Argument(help="The JSONL file to write.")],
     to: Annotated[data_mod.Format, typer.Option(help="Target format.")] = "openai",
 ) -> None:
-    """Convert between ShareGPT and OpenAI messages; other row keys (category) are kept."""
+    """Convert between ShareGPT and OpenAI messages; every other key, of the row (category) and
+    of each turn (weight, name, tool_calls), is kept, so OUTPUT may be FILE itself."""
     convs = data_mod.load_conversations(file)
     data_mod.write_jsonl({output: (data_mod.dumps(data_mod.to_row(c, to)) for c in convs)})
     typer.echo(f"wrote {output} ({len(convs)} conversations, {to})")
@@ -169,7 +181,9 @@ def plan_cmd(recipe: RecipeArg, data: DataOpt = None, set_: SetOpt = None) -> No
     from meshtune.recipe import load_recipe
     from meshtune.train import make_plan
 
-    plan = make_plan(load_recipe(recipe, set_ or [], data))
+    loaded = load_recipe(recipe, set_ or [], data)
+    _check_base_model(loaded.recipe.base_model, required=False)
+    plan = make_plan(loaded)
     for line in plan.lines():
         typer.echo(line)
 
@@ -202,6 +216,9 @@ def train_cmd(
 
     loaded = load_recipe(recipe, set_ or [], data)
     run = output_dir or Path(loaded.recipe.output_dir)
+    check_output_dir(run, "--output-dir" if output_dir else f"{recipe}: output_dir")
+    _check_base_model(loaded.recipe.base_model, required=True)
+    _on_interrupt(lambda: _train_kept(run))
     summary = train(loaded, Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback))
     if not summary:  # not the main process of a multi-process run
         return
@@ -331,8 +348,18 @@ def eval_cmd(
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies."""
     from meshtune import evaluate as ev
+    from meshtune.evaluate.backends import check_url
     from meshtune.meshmaster import load_config
 
+    # Every argument checked before a model is loaded: a wrong one fails in a second, not
+    # after the whole evaluation.
+    if threads is not None and threads < 1:
+        raise MeshtuneError(f"--threads {threads}: must be at least 1")
+    if url is not None:
+        check_url(url)
+    if out is not None:
+        check_output_dir(out, "--out")
+    _on_interrupt(lambda: "nothing was written (the report is written when evaluation ends)")
     opts = dict(
         backend=backend,
         profile=profile,
@@ -365,6 +392,26 @@ def eval_cmd(
     _print_verdict(result)
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
+
+
+def _check_base_model(name: str, required: bool) -> None:
+    """The base model readable before anything runs. Only a model that is nowhere here may be
+    skipped (`plan` then estimates with the embedded tokenizer); one that is here but damaged
+    is an error, never "not available"."""
+    from meshtune.models import ModelNotFound, resolve
+
+    try:
+        resolve(name)
+    except ModelNotFound:
+        if required:
+            raise
+
+
+def _train_kept(run: Path) -> str:
+    steps = sorted((run / "checkpoints").glob("step-*"))
+    if steps:
+        return f"kept the last checkpoint, {steps[-1]} (continue with --resume)"
+    return f"no checkpoint was written yet; {run} has what was finished before the stop"
 
 
 def _slug(text: str) -> str:
@@ -455,6 +502,12 @@ def export_cmd(
     from meshtune import export
 
     _quiet_transformers()
+    _on_interrupt(
+        lambda: (
+            f"export stopped; the files it had finished stay in {run}, its temp files are "
+            "removed, and deploy refuses any GGUF verify.json did not prove; run export again"
+        )
+    )
     info, verification = export.export(run, quant=quant, name=name, progress=typer.echo)
     _print_verification(verification)
     typer.echo(
@@ -663,12 +716,59 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------- the error boundary
+
+_interrupt_note: Callable[[], str] = lambda: "nothing was written"  # noqa: E731
+
+
+def _on_interrupt(note: Callable[[], str]) -> None:
+    """What a command says it kept when Ctrl-C or SIGTERM stops it."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # Raised where the program is; every temp file is removed by the `finally` that made it.
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    """Run a command. Bad input is one line and exit 2; anything else that goes wrong is one
+    line naming the command and its input, exit 2 (`--debug`: the traceback); SIGINT and SIGTERM
+    say what was kept and exit 130."""
+    global _interrupt_note
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("MESHTUNE_DEBUG"))
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    _interrupt_note = lambda: "nothing was written"  # noqa: E731
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         app()
     except MeshtuneError as e:
-        typer.echo(f"error: {e}", err=True)
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except Interrupted as e:
+        # a second signal while cleaning up must not leave a traceback either
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(e.signum).name
+        typer.echo(f"interrupted ({name}): {_interrupt_note()}", err=True)
         sys.exit(130)
+    except Exception as e:  # the boundary: never a traceback unless asked for
+        if debug:
+            traceback.print_exc()
+        command = shlex.join(["meshtune", *sys.argv[1:]])
+        typer.echo(
+            f"error: {command}: unexpected {type(e).__name__}: {_one_line(str(e))[:300]}; "
+            "rerun with --debug for the traceback and report it",
+            err=True,
+        )
+        sys.exit(2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no message"

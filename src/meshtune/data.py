@@ -168,6 +168,7 @@ def read_dataset(path: str | Path, spec: DatasetSpec | None = None) -> Dataset:
         raise MeshtuneError(f"{path}: no such file; check the path") from e
     except OSError as e:
         raise MeshtuneError(f"{path}: cannot read ({e.strerror}); check permissions") from e
+    _refuse_json_document(data, path)
     spec = spec or DatasetSpec(path=str(path))
     name = str(path)
     conversations: list[Conversation] = []
@@ -208,6 +209,23 @@ def read_dataset(path: str | Path, spec: DatasetSpec | None = None) -> Dataset:
         if conv is not None:
             conversations.append(conv)
     return Dataset(name, conversations, issues, rows)
+
+
+def _refuse_json_document(data: bytes, path: Path) -> None:
+    """A whole file that is one JSON array (or one pretty-printed object) is not JSONL: one
+    error for the file, not one per line."""
+    head = data.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not head.startswith((b"[", b"{")) or b"\n" not in head.strip():
+        return
+    try:
+        doc = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # JSONL (or damaged lines): read line by line
+    what = f"one JSON array of {len(doc)} items" if isinstance(doc, list) else "one JSON object"
+    raise MeshtuneError(
+        f"{path}: the file is {what}, not JSONL (one JSON object per line); convert it, "
+        f"e.g. jq -c '.[]' {path.name} > {path.stem}.jsonl"
+    )
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -746,31 +764,42 @@ _SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
 def to_row(conv: Conversation, fmt: Format) -> dict[str, Any]:
-    if fmt == "sharegpt":
-        turns = [{"from": _SHAREGPT_ROLE[m.role], "value": m.content} for m in conv.messages]
-        return {**conv.meta, "conversations": turns}
-    return {
-        **conv.meta,
-        "messages": [{"role": m.role, "content": m.content} for m in conv.messages],
-    }
+    """The row in `fmt`, every other key kept: the row's (category) and each turn's (weight,
+    name, tool_calls), so converting loses nothing."""
+    source = json.loads(conv.raw) if conv.raw else {}
+    old_key = "conversations" if "conversations" in source else "messages"
+    old_turns = source.get(old_key) or [{} for _ in conv.messages]
+    turns = []
+    for m, old in zip(conv.messages, old_turns, strict=True):
+        extra = {k: v for k, v in old.items() if k not in ("from", "value", "role", "content")}
+        if fmt == "sharegpt":
+            turns.append({"from": _SHAREGPT_ROLE[m.role], "value": m.content, **extra})
+        else:
+            turns.append({"role": m.role, "content": m.content, **extra})
+    return {**conv.meta, ("conversations" if fmt == "sharegpt" else "messages"): turns}
 
 
 def write_jsonl(outputs: Mapping[Path, Iterable[str]]) -> None:
     """Write each file's lines to a temp file beside it, then rename them all into place, so a
     failure leaves no half-written output."""
     temps: dict[Path, Path] = {}
+    where = next(iter(outputs), Path())
     try:
         for path, lines in outputs.items():
+            where = path
             tmp = temps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
             with tmp.open("w", encoding="utf-8", newline="\n") as f:
                 for line in lines:
                     f.write(line.rstrip("\r\n") + "\n")
         for path, tmp in temps.items():
+            where = path
             os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # interrupted too: no temp file is left behind
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
-        where = e.filename or next(iter(outputs), "")
+        if not isinstance(e, OSError):
+            raise
+        # the error names the output, never the temp file it was being written to
         raise MeshtuneError(
             f"{where}: cannot write ({e.strerror}); check the folder exists and is writable"
         ) from e

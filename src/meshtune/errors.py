@@ -12,6 +12,16 @@ class MeshtuneError(Exception):
     """
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: unwinds like KeyboardInterrupt, so every `finally` removes its temp
+    files, and reaches the CLI, which says what was kept (typer would swallow a
+    KeyboardInterrupt into a silent exit 130)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 # code -> (name, severity), filled by each checker (data: E1xx/W2xx, modelfile: E3xx/W3xx)
 CODES: dict[str, tuple[str, str]] = {}
 

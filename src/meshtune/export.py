@@ -36,7 +36,16 @@ import yaml
 
 from meshtune import chat, modelfile
 from meshtune.errors import MeshtuneError
-from meshtune.files import read_json, write_json, write_text
+from meshtune.files import (
+    check_writable,
+    read_json,
+    real_path,
+    remove_stale_temps,
+    temp_path,
+    unique_backup,
+    write_json,
+    write_text,
+)
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT, OPTIONS, build_prompt
 
 SUPPORTED = "llama (SmolLM2, Llama-3.x)"
@@ -106,6 +115,7 @@ def load_run(run_dir: str | Path) -> Run:
             f"{folder}: no LoRA adapter (best/ or adapter/ with adapter_config.json); "
             "the training run did not finish"
         )
+    check_adapter(adapter)
     overrides = recipe.get("ollama") or {}
     if not isinstance(overrides, dict):
         raise MeshtuneError(f"{folder}/recipe.yaml: `ollama:` must map PARAMETER names to values")
@@ -120,6 +130,23 @@ def load_run(run_dir: str | Path) -> Run:
         or DEFAULT_SYSTEM_PROMPT,
         ollama=ollama,
     )
+
+
+def check_adapter(folder: Path) -> None:
+    """A LoRA adapter folder peft can load: its config a LoRA config, its weights complete.
+    Checked before anything is written, so a damaged adapter is named, not a traceback."""
+    from meshtune.models import check_safetensors
+
+    fix = "the adapter is damaged: re-run training, or export another run"
+    config = read_json(folder / "adapter_config.json", fix)
+    if config.get("peft_type") != "LORA" or not isinstance(config.get("r"), int):
+        raise MeshtuneError(
+            f"{folder}/adapter_config.json: not a LoRA adapter config (peft_type LORA and r); {fix}"
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise MeshtuneError(f"{folder}: no adapter_model.safetensors; {fix}")
+    check_safetensors(weights)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -184,14 +211,23 @@ def merge(run: Run, out: Path) -> None:
     with _torch_threads(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers API
         model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, run.adapter).merge_and_unload()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        try:
+            model = PeftModel.from_pretrained(model, run.adapter).merge_and_unload()
+        except (ValueError, RuntimeError, KeyError) as e:  # an adapter for another model
+            first = str(e).splitlines()[0][:160]
+            raise MeshtuneError(
+                f"{run.adapter}: the adapter does not fit {run.base_model} ({first}); export "
+                "with the base model the run trained"
+            ) from e
+    tmp = temp_path(out, hidden=False)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
+    except OSError as e:
+        raise MeshtuneError(f"{out}: cannot write ({e.strerror}); check the disk and folder") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -204,18 +240,20 @@ def write_gguf(merged: Path, out: Path, quant: str, name: str) -> None:
     """Write `merged` as a GGUF of type `quant` (atomically)."""
     if quant not in QUANTS:
         raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = temp_path(out, hidden=False)
     try:
         if quant in WRITER_QUANTS:
             _write_gguf(merged, tmp, quant, name)
         else:  # llama.cpp quantizes from an exact F32 file
-            f32 = out.with_name(out.name + f".f32.tmp{os.getpid()}")
+            f32 = temp_path(out.with_name(out.name + ".f32"), hidden=False)
             try:
                 _write_gguf(merged, f32, "F32", name)
                 _llama_cpp_quantize(f32, tmp, LLAMA_CPP_QUANTS[quant])
             finally:
                 f32.unlink(missing_ok=True)
         os.replace(tmp, out)
+    except OSError as e:
+        raise MeshtuneError(f"{out}: cannot write ({e.strerror}); check the disk and folder") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -448,7 +486,7 @@ def _llama_cpp_quantize(src: Path, out: Path, ftype: int) -> None:
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
     if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params) != 0:
-        raise MeshtuneError(f"llama.cpp could not quantize {src.name}; try --quant Q8_0")
+        raise MeshtuneError("llama.cpp could not quantize the model; try --quant Q8_0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,9 +533,15 @@ def export(
     quant = quant.upper()
     if quant not in QUANTS:
         raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
+    if name is not None:
+        check_name(name)
     run = load_run(run_dir)
     name = check_name(name or default_name(run.dir))
     modelfile.check_parameters(run.ollama, f"{run.dir}/recipe.yaml: ollama")  # before the slow part
+    from meshtune.models import resolve
+
+    resolve(run.base_model)  # readable, before anything is written
+    remove_stale_temps(run.dir)  # left by an export that was killed
     merged = run.dir / "merged"
     stages: dict[str, float] = {}
     progress(f"merging {run.adapter} into {run.base_model}")
@@ -613,6 +657,9 @@ class Verification:
     gguf: str
     quant: str
     checks: list[Check]
+    # the exact file proved: deploy ships nothing else
+    sha256: str = ""
+    bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -620,7 +667,26 @@ class Verification:
 
     def to_dict(self) -> dict[str, Any]:
         checks = [asdict(c) for c in self.checks]
-        return {"gguf": self.gguf, "quant": self.quant, "ok": self.ok, "checks": checks}
+        return {
+            "gguf": self.gguf,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "quant": self.quant,
+            "ok": self.ok,
+            "checks": checks,
+        }
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, read in blocks (a GGUF can be gigabytes)."""
+    h = sha256()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot read ({e.strerror}); re-run export") from e
+    return h.hexdigest(), path.stat().st_size
 
 
 def quick_prompts() -> list[str]:
@@ -651,6 +717,8 @@ def verify(run_dir: str | Path) -> Verification:
     merged = folder / "merged"
     if not gguf_path.is_file() or not (merged / "config.json").is_file():
         raise MeshtuneError(f"{folder}: {exported['gguf']} or merged/ is missing; re-run export")
+    digest, size = file_digest(gguf_path)
+    proved_stat = gguf_path.stat()
     system = mf.first("system").args if mf.first("system") else None
     template = mf.first("template").args if mf.first("template") else ""
     # A reply must end before the bot's own limit (Mesh Master sends num_predict 80), and before
@@ -710,7 +778,10 @@ def verify(run_dir: str | Path) -> Verification:
             {"findings": [f.to_dict() for f in findings]},
         )
     )
-    result = Verification(exported["gguf"], exported["quant"], checks)
+    result = Verification(exported["gguf"], exported["quant"], checks, digest, size)
+    now = gguf_path.stat()
+    if (now.st_size, now.st_mtime_ns) != (proved_stat.st_size, proved_stat.st_mtime_ns):
+        raise MeshtuneError(f"{gguf_path}: changed while it was verified; run verify again")
     write_json(folder / "verify.json", result.to_dict())
     return result
 
@@ -914,13 +985,16 @@ def deploy(
     mf_path = folder / "Modelfile"
     if not mf_path.is_file():
         raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
-    verification = read_json(folder / "verify.json", f"run `meshtune verify {folder}` first")
+    verification = check_proof(folder, modelfile.read(mf_path))
     if not verification.get("ok") and not force:
         failed = [c["name"] for c in verification.get("checks", []) if c.get("ok") is False]
         raise MeshtuneError(
             f"{folder}/verify.json: verification failed ({', '.join(failed)}); fix the run, or "
             "pass --force to deploy anyway"
         )
+    # The config change is worked out and checked before ollama runs, so a config that cannot
+    # be changed stops the deploy before anything changed.
+    edit = plan_config_edit(Path(config), name) if config is not None else None
     command = ["ollama", "create", name, "-f", str(mf_path.resolve())]
     ollama = shutil.which("ollama")
     result = Deployed(command, ran=ollama is not None)
@@ -931,15 +1005,62 @@ def deploy(
         if proc.returncode:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise MeshtuneError(f"ollama create failed (exit {proc.returncode}): {tail[0]}")
-    if config is not None:
+    if edit is not None:
         result.config = str(config)
-        result.backup = str(set_ollama_model(Path(config), name))
+        result.backup = str(apply_config_edit(edit))
     return result
+
+
+def check_proof(folder: Path, mf: "modelfile.Modelfile") -> dict[str, Any]:
+    """verify.json, if it proved the very file the Modelfile's FROM names (same path, sha256
+    and size); anything else is refused, --force or not: an export stopped during its proof
+    leaves the new GGUF beside the previous proof."""
+    verification = read_json(folder / "verify.json", f"run `meshtune verify {folder}` first")
+    again = f"run `meshtune verify {folder}` (or export again) before deploying"
+    target = modelfile.local_model(mf, folder)
+    if target is None or not target.is_file():
+        raise MeshtuneError(
+            f"{folder}/Modelfile: FROM does not name a GGUF file in the run; re-run export"
+        )
+    proved = verification.get("gguf")
+    if not isinstance(proved, str) or not verification.get("sha256"):
+        raise MeshtuneError(f"{folder}/verify.json: does not say which file it proved; {again}")
+    if (folder / proved).resolve() != target.resolve():
+        raise MeshtuneError(
+            f"{folder}/verify.json: proved {proved}, but the Modelfile ships {target.name}; {again}"
+        )
+    digest, size = file_digest(target)
+    if (digest, size) != (verification["sha256"], verification.get("bytes")):
+        raise MeshtuneError(
+            f"{target}: not the file verify.json proved (its sha256 or size differs: it changed "
+            f"after verification, or an export stopped before its proof); {again}"
+        )
+    return verification
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEdit:
+    path: Path  # the file itself (a symlink's target)
+    text: str  # its new content
 
 
 def set_ollama_model(path: Path, name: str) -> Path:
     """Set `ollama_model` in Mesh Master's config.json, changing nothing else (formatting
     included), after writing a backup beside it. Returns the backup's path."""
+    return apply_config_edit(plan_config_edit(path, name))
+
+
+def apply_config_edit(edit: ConfigEdit) -> Path:
+    """A backup under a name of its own (the original ollama_model stays in it), then the new
+    text, written beside the file and renamed over it."""
+    backup = unique_backup(edit.path)
+    write_text(edit.path, edit.text)
+    return backup
+
+
+def plan_config_edit(path: Path, name: str) -> ConfigEdit:
+    """The new config.json text with only `ollama_model` changed; the file must be writable."""
+    path = real_path(path)
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text)
@@ -961,11 +1082,5 @@ def set_ollama_model(path: Path, name: str) -> Path:
             new = re.sub(r"\{\s*\}", '{"ollama_model": ' + value + "}", text, count=1)
     if json.loads(new) != {**data, "ollama_model": name}:
         raise MeshtuneError(f"{path}: cannot change ollama_model safely; set it by hand")
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    backup = path.with_name(f"{path.name}.{stamp}.bak")
-    shutil.copy2(path, backup)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(new, encoding="utf-8")
-    shutil.copymode(path, tmp)
-    os.replace(tmp, path)
-    return backup
+    check_writable(path, "Mesh Master's config")
+    return ConfigEdit(path, new)

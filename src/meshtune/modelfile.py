@@ -468,13 +468,24 @@ def check(
 
     model = mf.first("model")
     assert model is not None  # parse() requires FROM
-    target = _from_path(model.args, path.parent)
-    if target is not None and not target.exists():
+    target, kind = _from_target(model.args, path.parent)
+    if kind == "invalid":
+        add("E304", model, f"FROM {model.args!r} is not a valid path", "name the GGUF file")
+        target = None
+    elif kind == "missing":
         add(
             "E304",
             model,
             f"FROM {model.args} does not exist beside the Modelfile ({target})",
             "FROM is relative to the Modelfile: name the GGUF file that sits next to it",
+        )
+    elif kind == "dir" and target is not None and not any(target.glob("*.safetensors")):
+        # Ollama imports a folder only when it holds Safetensors weights
+        add(
+            "E304",
+            model,
+            f"FROM {model.args} is a folder without model weights ({target})",
+            "name the GGUF file: FROM ./<model>.gguf",
         )
     system = mf.first("system")
     if system:
@@ -650,6 +661,26 @@ def _first_difference(info: GgufInfo, want: list[int], got: list[int], turns: in
         f"on a {turns}-message chat, token {i} differs: the model expects {show(want)}, "
         f"Ollama would send {show(got)}"
     )
+
+
+def local_model(mf: Modelfile, folder: Path) -> Path | None:
+    """The local file or folder FROM names (None for a model name or an unusable path)."""
+    model = mf.first("model")
+    return _from_target(model.args, folder)[0] if model else None
+
+
+def _from_target(args: str, folder: Path) -> tuple[Path | None, str]:
+    """FROM's local path and what is there: file, dir, missing, invalid (a name Ollama cannot
+    open: a NUL byte, an unknown ~user, too long); (None, "name") for a model name."""
+    try:
+        target = _from_path(args, folder)
+        if target is None:
+            return None, "name"
+        if target.is_dir():
+            return target, "dir"
+        return target, "file" if target.exists() else "missing"
+    except (ValueError, RuntimeError, OSError):
+        return None, "invalid"
 
 
 def _from_path(args: str, folder: Path) -> Path | None:

@@ -83,7 +83,8 @@ DEFAULT_SENDERS = ("K7QX", "BOB", "ALFA", "N0DE", "WX1", "MTN", "JEN", "RV42", "
 class Recipe(BaseModel):
     """The recipe; field names and meanings are Axolotl's, plus `system_prompt` and `ollama`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are never meaningful here (a learning_rate of .inf trains to NaN and exits 0)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base_model: str = "smollm2-135m"
     trust_remote_code: bool = False
@@ -97,7 +98,7 @@ class Recipe(BaseModel):
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     lora_r: int = Field(8, gt=0)
-    lora_alpha: float = 16
+    lora_alpha: float = Field(16, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_linear: bool = False
     lora_target_modules: list[str] | None = None
@@ -124,7 +125,7 @@ class Recipe(BaseModel):
 
     bf16: bool | Literal["auto"] = "auto"
     fp16: bool = False
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)  # numpy and torch take unsigned 32-bit seeds
     output_dir: str = "runs/meshtune"
 
     # meshtune's own keys
@@ -172,15 +173,11 @@ def load_recipe(
     """Read, apply `--set key=value` overrides and `--data`, validate."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as e:
         raise MeshtuneError(f"{path}: cannot read recipe ({e.strerror}); check the path") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise MeshtuneError(
-            f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
-        ) from e
+        raise MeshtuneError(f"{_yaml_where(e, str(path))}: {_yaml_problem(e)}") from e
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -193,7 +190,7 @@ def load_recipe(
             raise MeshtuneError(
                 f"--set {item!r}: expected key=value, e.g. --set learning_rate=1e-4"
             )
-        raw[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        raw[key.strip()] = _override_value(item, value)
     if data:
         raw["datasets"] = [{"path": data}]
     recipe, notes = parse_recipe(raw, path)
@@ -208,12 +205,23 @@ def parse_recipe(raw: dict[str, Any], path: Path) -> tuple[Recipe, list[str]]:
         notes.append(f"Axolotl keys meshtune does not use, ignored: {', '.join(ignored)}")
     for key in ignored:
         del raw[key]
-    raw["datasets"] = [_dataset(d, path, notes) for d in raw.get("datasets") or []]
+    bad_keys = [k for k in raw if not isinstance(k, str)]
+    if bad_keys:
+        raise MeshtuneError(f"{path}: key {bad_keys[0]!r} is not a name; recipe keys are words")
+    datasets = raw.get("datasets") or []
+    if not isinstance(datasets, list):
+        raise MeshtuneError(
+            f"{path}: datasets is a {_yaml_type(datasets)} ({datasets!r:.60}), not a list; write "
+            "it as a list of entries, e.g. `datasets: [{path: data.jsonl}]`"
+        )
+    raw["datasets"] = [_dataset(d, path, notes) for d in datasets]
     notes += _resolve_contradictions(raw)
     if (raw.get("special_tokens") or {}) == {}:
         raw.pop("special_tokens", None)
     # Datasets are relative to the recipe file, as in Axolotl run from the recipe's folder.
     for d in raw["datasets"]:
+        if not isinstance(d["path"], str) or not d["path"]:
+            continue  # validation below names the bad value
         if not Path(d["path"]).is_absolute() and not Path(d["path"]).exists():
             candidate = path.parent / d["path"]
             if candidate.exists():
@@ -235,7 +243,10 @@ def _dataset(entry: Any, path: Path, notes: list[str]) -> dict[str, Any]:
     if isinstance(entry, str):
         return {"path": entry}
     if not isinstance(entry, dict) or "path" not in entry:
-        raise MeshtuneError(f"{path}: each datasets entry needs a path, e.g. - path: data.jsonl")
+        raise MeshtuneError(
+            f"{path}: datasets entry {entry!r:.60} has no path; write each entry as "
+            "`- path: data.jsonl`"
+        )
     entry = dict(entry)
     for key in sorted(IGNORED_DATASET_KEYS & entry.keys()):
         notes.append(f"ignored datasets.{key}")
@@ -277,10 +288,68 @@ def _one_line(e: ValidationError, path: Path) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "recipe"
     if err["type"] == "extra_forbidden":
         return (
-            f"{path}: unknown key '{key}'; check the spelling against Axolotl's config keys "
+            f"{path}: unknown key {key!r}; check the spelling against Axolotl's config keys "
             "(meshtune docs list the ones it reads and ignores)"
         )
+    if err["type"] == "finite_number":
+        return f"{path}: {key}: must be a finite number, not {err['input']!r}; fix the value"
     return f"{path}: {key}: {err['msg']}; fix the value"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: with the
+    plain loader the last one silently wins, and the recipe does not do what it says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except (TypeError, yaml.constructor.ConstructorError):
+                continue  # the base class reports an unhashable key
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_where(e: Exception, where: str) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f"{where}:{mark.line + 1}" if mark else where
+
+
+def _yaml_problem(e: Exception) -> str:
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if "appears twice" in problem:
+        return problem
+    return f"not valid YAML ({problem}); fix the syntax"
+
+
+def _override_value(item: str, value: str) -> Any:
+    """A `--set` value read as YAML (1e-4, true, [a, b]); an empty value is null."""
+    if not value.strip():
+        return None
+    try:
+        return yaml.load(value, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MeshtuneError(
+            f"--set {item!r}: the value is not valid YAML ({problem}); quote text, "
+            "e.g. --set 'system_prompt=\"...\"'"
+        ) from e
+
+
+def _yaml_type(value: Any) -> str:
+    return {int: "number", float: "number", str: "string", bool: "boolean", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def dump_recipe(recipe: Recipe) -> str:

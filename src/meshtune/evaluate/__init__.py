@@ -172,8 +172,13 @@ def _run(
         run_lane(0)
     else:
         with ThreadPoolExecutor(lanes) as pool:  # llama.cpp releases the GIL while decoding
-            for future in [pool.submit(run_lane, k) for k in range(lanes)]:
-                future.result()
+            futures = [pool.submit(run_lane, k) for k in range(lanes)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # interrupted: the lanes stop after their current item
+                failed.set()
+                raise
     return [row for i in range(len(suite.items)) for row in results[i]]
 
 

@@ -480,19 +480,52 @@ class WindowRepeatPenalty:
 # ---------------------------------------------------------------- servers
 
 
+def check_url(url: str) -> str:
+    """A server URL: http(s)://host[:port][/path]. Checked before any model is loaded."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as e:
+        raise MeshtuneError(f"--url {url!r}: not a URL ({e}); e.g. http://127.0.0.1:11434") from e
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MeshtuneError(
+            f"--url {url!r}: not an http(s) URL with a host; e.g. http://127.0.0.1:11434"
+        )
+    return url
+
+
 def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     data = json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data, {"Content-Type": "application/json", **(headers or {})}, method="POST"
-    )
     try:
+        req = urllib.request.Request(
+            url, data, {"Content-Type": "application/json", **(headers or {})}, method="POST"
+        )
         return urllib.request.urlopen(req, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        detail = e.read().decode(errors="replace")[:200]
+        detail = " ".join(e.read().decode(errors="replace")[:200].split())
         raise MeshtuneError(f"{url}: HTTP {e.code} ({detail}); check the model name") from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise MeshtuneError(f"{url}: cannot connect ({reason}); is the server running?") from e
+    except ValueError as e:  # urllib's "unknown url type"
+        raise MeshtuneError(f"{url}: not a URL meshtune can call ({e}); check --url") from e
+
+
+def _json_object(raw: bytes, url: str) -> dict[str, Any]:
+    """A server's JSON reply; anything else (an HTML page, a proxy's error) is named as such."""
+    try:
+        out = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        start = " ".join(raw[:80].decode(errors="replace").split())
+        raise MeshtuneError(
+            f"{url}: the server did not answer with JSON (it sent {start!r}); check --url "
+            "points at the model server itself"
+        ) from e
+    if not isinstance(out, dict):
+        raise MeshtuneError(f"{url}: unexpected reply {str(out)[:120]!r}; check --url")
+    return out
 
 
 class OpenAIBackend:
@@ -523,7 +556,7 @@ class OpenAIBackend:
         }
         start = time.perf_counter()
         with _post(self.url, body, self.headers) as resp:
-            out = json.loads(resp.read())
+            out = _json_object(resp.read(), self.url)
         seconds = time.perf_counter() - start
         try:
             choice = out["choices"][0]
@@ -535,7 +568,7 @@ class OpenAIBackend:
                 usage.get("prompt_tokens"),
                 seconds,
             )
-        except (KeyError, IndexError, TypeError) as e:
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise MeshtuneError(f"{self.url}: unexpected reply {str(out)[:200]}") from e
 
     def close(self) -> None:
@@ -574,7 +607,7 @@ class OllamaBackend:
             for raw in resp:  # newline-delimited JSON chunks; the last has "done": true
                 if not raw.strip():
                     continue
-                chunk = json.loads(raw)
+                chunk = _json_object(raw, self.base + path)
                 if "error" in chunk:
                     raise MeshtuneError(f"{self.base}{path}: {chunk['error']}")
                 parts.append(chunk.get("response") or chunk.get("message", {}).get("content", ""))

@@ -1,0 +1,687 @@
+"""Bad input never loses data and never shows a traceback (issue 12).
+
+Each test is one case of the hostile probe, named after it, run through the real entry point
+(`meshtune.cli.main`) on real files: tiny models built here, real GGUF files, real HTTP servers
+on loopback, real signals. The property tests at the end throw random recipes, `--set` values
+and bytes at the commands: the only outcomes allowed are success or one line with exit 2.
+"""
+
+import contextlib
+import http.server
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.conftest import chat, rows_file
+from tests.test_export import stand_in_ollama, stopper, tiny_base  # noqa: F401 (fixture)
+from tests.tiny import lora_run
+
+from meshtune import export, files
+from meshtune.cli import main
+
+
+def one_line_error(r) -> bool:
+    """Exit 2 and exactly one line, `error: ...`, with no traceback."""
+    return r.code == 2 and r.err.startswith("error: ") and r.err.count("\n") == 1
+
+
+def run_main(*args: str) -> tuple[int, str, str]:
+    """`meshtune ARGS` in-process without pytest fixtures (hypothesis runs it many times)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["meshtune", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """meshtune's model cache, private to the test (converted GGUF bases land here)."""
+    monkeypatch.setenv("MESHTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    return rows_file(tmp_path, [chat(f"question {i}?", f"answer {i}.") for i in range(6)])
+
+
+def recipe_file(folder: Path, text: str | None = None, **keys) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(keys))
+    return path
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def temps(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and --set
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("learning_rate", ".inf"), ("num_epochs", ".inf"), ("max_grad_norm", ".inf"),
+     ("weight_decay", ".inf"), ("lora_alpha", "-16"), ("seed", "-1")],
+)  # fmt: skip
+def test_learning_rate_inf_and_other_numbers_that_must_be_finite_and_positive_are_refused(
+    cli, tmp_path, data_file, key, value
+):
+    recipe = recipe_file(tmp_path, f"datasets: [{{path: {data_file}}}]\n{key}: {value}\n")
+    r = cli("plan", recipe)
+    assert one_line_error(r), r.err
+    assert f"recipe.yaml: {key}: " in r.err
+
+
+def test_num_epochs_inf_from_set_is_refused(cli, tmp_path, data_file):
+    r = cli(
+        "plan",
+        recipe_file(tmp_path, datasets=[{"path": str(data_file)}]),
+        "--set",
+        "num_epochs=.inf",
+    )
+    assert one_line_error(r) and "num_epochs: must be a finite number" in r.err
+
+
+def test_duplicate_yaml_keys_are_an_error_naming_both_lines(cli, tmp_path, data_file):
+    text = f"datasets: [{{path: {data_file}}}]\nlearning_rate: 1e-4\nlearning_rate: 1e-3\n"
+    r = cli("plan", recipe_file(tmp_path, text))
+    assert one_line_error(r), r.err
+    assert "recipe.yaml:3:" in r.err and "'learning_rate' appears twice (lines 2 and 3)" in r.err
+
+
+@pytest.mark.parametrize("value", ["learning_rate=[", "lora_r={", "seed=: :", 'x="unclosed'])
+def test_unparsable_set_value_is_a_one_line_error(cli, tmp_path, data_file, value):
+    r = cli("plan", recipe_file(tmp_path, datasets=[{"path": str(data_file)}]), "--set", value)
+    assert one_line_error(r), r.err
+    assert f"--set {value!r}" in r.err
+
+
+def test_datasets_given_as_a_number_is_a_one_line_error(cli, tmp_path):
+    r = cli("plan", recipe_file(tmp_path, "datasets: 5\n"))
+    assert one_line_error(r) and "datasets is a number (5), not a list" in r.err
+
+
+def test_datasets_given_as_a_string_says_it_must_be_a_list_not_no_such_file(cli, tmp_path):
+    r = cli("plan", recipe_file(tmp_path, "datasets: foo.jsonl\n"))
+    assert one_line_error(r), r.err
+    assert "datasets is a string ('foo.jsonl'), not a list" in r.err and "f: no such" not in r.err
+
+
+def test_a_dataset_path_that_is_not_text_is_a_one_line_error(cli, tmp_path):
+    r = cli("plan", recipe_file(tmp_path, "datasets: [{path: 5}]\n"))
+    assert one_line_error(r) and "datasets.0.path" in r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Base models
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path, tiny_llama) -> Path:
+    gguf = tmp_path / "tiny-F32.gguf"
+    export.write_gguf(tiny_llama, gguf, "F32", "tiny")
+    return gguf
+
+
+def test_plan_with_a_truncated_base_gguf_says_truncated(cli, tmp_path, tiny_gguf, data_file, cache):
+    with tiny_gguf.open("r+b") as f:
+        f.truncate(1_000_000)
+    r = cli(
+        "plan",
+        recipe_file(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}]),
+    )
+    assert one_line_error(r), r.err
+    assert "damaged or truncated GGUF" in r.err and "not available locally" not in r.out
+
+
+def test_train_with_a_truncated_base_gguf_fails_before_creating_the_run(
+    cli, tmp_path, tiny_gguf, data_file, cache
+):
+    with tiny_gguf.open("r+b") as f:
+        f.truncate(1_000_000)
+    recipe = recipe_file(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}])
+    r = cli("train", recipe, "--output-dir", tmp_path / "run")
+    assert one_line_error(r) and "damaged or truncated GGUF" in r.err, r.err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "damage", ["no-config", "config-not-json", "no-weights", "truncated-weights"]
+)
+def test_an_existing_but_invalid_base_model_is_an_error_not_not_available_locally(
+    cli, tmp_path, tiny_llama, data_file, damage
+):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama, base)
+    weights = base / "model.safetensors"
+    if damage == "no-config":
+        (base / "config.json").unlink()
+    elif damage == "config-not-json":
+        (base / "config.json").write_text("{ not json")
+    elif damage == "no-weights":
+        weights.unlink()
+    else:
+        with weights.open("r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    r = cli(
+        "plan", recipe_file(tmp_path, base_model=str(base), datasets=[{"path": str(data_file)}])
+    )
+    assert one_line_error(r), (r.code, r.out, r.err)
+    assert "not available locally" not in r.out + r.err
+
+
+def test_output_dir_that_is_a_file_is_refused_and_the_file_kept(
+    cli, tmp_path, tiny_llama, data_file
+):
+    taken = tmp_path / "run"
+    taken.write_text("my notes")
+    recipe = recipe_file(tmp_path, base_model=str(tiny_llama), datasets=[{"path": str(data_file)}])
+    r = cli("train", recipe, "--output-dir", taken, "--overwrite")
+    assert one_line_error(r) and "is a file, not a folder" in r.err, r.err
+    assert taken.read_text() == "my notes"
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: a damaged adapter, temp files of a killed export
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_llama) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    return lora_run(
+        tmp_path, AutoModelForCausalLM.from_pretrained(tiny_llama), str(tiny_llama), "chatml"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncated-weights", "not a complete safetensors file"),
+        ("empty-weights", "not a complete safetensors file"),
+        ("config-not-json", "adapter_config.json: unreadable"),
+        ("config-not-lora", "not a LoRA adapter config"),
+    ],
+)
+def test_export_of_a_damaged_adapter_is_a_one_line_error_and_writes_nothing(
+    cli, capsys, tiny_run, damage, message
+):
+    capsys.readouterr()  # the fixture's model loading output
+    weights = tiny_run / "best" / "adapter_model.safetensors"
+    config = tiny_run / "best" / "adapter_config.json"
+    if damage == "truncated-weights":
+        with weights.open("r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    elif damage == "empty-weights":
+        weights.write_bytes(b"")
+    elif damage == "config-not-json":
+        config.write_text('{"peft_type": "LORA", ')
+    else:
+        config.write_text(json.dumps({"r": "eight"}))
+    before = tree(tiny_run)
+    r = cli("export", tiny_run, "--quant", "F32")
+    assert one_line_error(r) and message in r.err, r.err
+    assert tree(tiny_run) == before
+
+
+@pytest.fixture
+def proved(stopper, tmp_path) -> Path:  # noqa: F811 (the fixture imported above)
+    """A copy of an exported run whose proof passed (the stopper model of test_export)."""
+    run = tmp_path / "proved"
+    shutil.copytree(stopper[0], run)
+    return run
+
+
+def test_temp_files_of_a_killed_export_are_removed_by_the_next_export(proved, cli):
+    dead = 2**22 + 12345  # above Linux's default pid_max: no process has it
+    (proved / f"merged.tmp{dead}").mkdir()
+    (proved / f"merged.tmp{dead}" / "model.safetensors").write_bytes(b"x" * 100)
+    (proved / f"stopper-F32.gguf.tmp{dead}").write_bytes(b"GGUF")
+    (proved / f".Modelfile.tmp{dead}").write_text("FROM x")
+    r = cli("export", proved, "--quant", "F32", "--name", "stopper")
+    assert r.code == 0, r.err
+    assert temps(proved) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Deploy: the proof, backups, symlinks, a config that cannot change
+
+
+def test_deploy_refuses_a_gguf_that_is_not_the_file_verify_json_proved(proved, cli, tmp_path):
+    # What an export killed during its proof leaves: the new GGUF in place, the old proof.
+    gguf = proved / "stopper-F32.gguf"
+    export.write_gguf(proved / "merged", gguf, "F16", "stopper")
+    for force in ([], ["--force"]):
+        r = cli("deploy", proved, "--name", "mesh-bot", *force)
+        assert one_line_error(r), r.err
+        assert "not the file verify.json proved" in r.err and "meshtune verify" in r.err
+    assert cli("verify", proved).code in (0, 1)  # the proof is made again for the new file
+    assert cli("deploy", proved, "--name", "mesh-bot", "--force").code == 0
+
+
+def test_deploy_refuses_a_proof_that_names_no_file(proved, cli):
+    proof = json.loads((proved / "verify.json").read_text())
+    del proof["sha256"]
+    (proved / "verify.json").write_text(json.dumps(proof))
+    r = cli("deploy", proved, "--name", "mesh-bot")
+    assert one_line_error(r) and "does not say which file it proved" in r.err
+
+
+@pytest.fixture
+def config(real, tmp_path) -> Path:
+    path = tmp_path / "mm" / "config.json"
+    path.parent.mkdir()
+    shutil.copy(real / "mesh-master-config.json", path)
+    return path
+
+
+class _SameSecond:
+    """A clock stuck on one second (a fake: two deploys in one real second are a race)."""
+
+    @staticmethod
+    def now(tz=None):
+        import datetime as dt
+
+        return dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=tz)
+
+
+def test_two_deploys_in_the_same_second_keep_both_backups_and_the_original_model(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    from meshtune import files as files_mod
+
+    monkeypatch.setattr(export, "datetime", _SameSecond, raising=False)
+    monkeypatch.setattr(files_mod, "datetime", _SameSecond, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    original = config.read_text()
+    for name in ("bot-one", "bot-two"):
+        assert cli("deploy", proved, "--name", name, "--mesh-master-config", config).code == 0
+    backups = list(config.parent.glob("config.json.*.bak"))
+    assert len(backups) == 2
+    models = sorted(json.loads(b.read_text())["ollama_model"] for b in backups)
+    assert models == ["bot-one", "llama3.2:1b"]  # the original model is kept
+    assert original in [b.read_text() for b in backups]
+
+
+def test_deploy_edits_the_target_of_a_symlinked_config(proved, config, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    link = tmp_path / "config-link.json"
+    link.symlink_to(config)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", link)
+    assert r.code == 0, r.err
+    assert link.is_symlink() and link.resolve() == config
+    assert json.loads(config.read_text())["ollama_model"] == "mesh-bot"
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    if not shutil.which("chattr"):
+        return False
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_deploy_to_an_immutable_config_changes_nothing_and_leaves_no_temp_file(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    if not _chattr("+i", config):
+        pytest.skip("chattr +i needs root on ext4-like filesystems; not available here")
+    try:
+        log = stand_in_ollama(tmp_path / "bin")
+        monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+        original = config.read_text()
+        r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+        assert one_line_error(r) and "cannot be changed" in r.err, r.err
+        assert config.read_text() == original
+        assert sorted(p.name for p in config.parent.iterdir()) == ["config.json"]
+        assert not log.exists()  # checked before `ollama create` ran
+    finally:
+        _chattr("-i", config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modelfile
+
+
+def test_modelfile_from_a_folder_without_weights_is_an_error(cli, tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "Modelfile").write_text("FROM ./weights\nPARAMETER stop <|im_end|>\n")
+    r = cli("modelfile", "check", tmp_path / "Modelfile")
+    assert r.code == 1 and "E304 FROM ./weights is a folder without model weights" in r.out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def test_data_check_on_an_empty_file_exits_2_like_stats(cli, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for command in ("check", "stats"):
+        r = cli("data", command, empty)
+        assert one_line_error(r) and "no conversations" in r.err, (command, r.err)
+
+
+def test_a_json_array_file_gets_one_clear_error(cli, tmp_path):
+    rows = [chat("hi?", "hello."), chat("snr?", "above 0 dB is good.")]
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps(rows, indent=2))
+    r = cli("data", "check", path)
+    assert one_line_error(r), r.out + r.err
+    assert "one JSON array of 2 items, not JSONL" in r.err and "jq -c" in r.err
+
+
+def test_data_convert_in_place_keeps_per_turn_keys(cli, tmp_path):
+    row = {
+        "category": "relay",
+        "conversations": [
+            {"from": "human", "value": "relay to bob", "name": "alice"},
+            {"from": "gpt", "value": "DM me 'bob <msg>'.", "weight": 0, "tool_calls": [{"id": 1}]},
+            {"from": "human", "value": "thanks"},
+            {"from": "gpt", "value": "Any time.", "weight": 1},
+        ],
+    }
+    path = rows_file(tmp_path, [row])
+    assert cli("data", "convert", path, path, "--to", "openai").code == 0
+    (converted,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert converted == {
+        "category": "relay",
+        "messages": [
+            {"role": "user", "content": "relay to bob", "name": "alice"},
+            {
+                "role": "assistant",
+                "content": "DM me 'bob <msg>'.",
+                "weight": 0,
+                "tool_calls": [{"id": 1}],
+            },
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "Any time.", "weight": 1},
+        ],
+    }
+    assert cli("data", "convert", path, path, "--to", "sharegpt").code == 0
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [row]
+
+
+def test_errors_never_name_internal_temp_files(cli, tmp_path, data_file):
+    r = cli("data", "convert", data_file, tmp_path / "missing-folder" / "out.jsonl")
+    assert one_line_error(r) and ".tmp" not in r.err, r.err
+    assert "missing-folder/out.jsonl: cannot write" in r.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Eval: arguments checked before any work, servers that answer nonsense
+
+
+class _Server:
+    """A real HTTP server on loopback answering every POST with `body` (counting requests)."""
+
+    def __init__(self, body: bytes, content_type: str = "text/html", delay: float = 0.0):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                outer.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+HTML = b"<!DOCTYPE html><html><body>Welcome to nginx!</body></html>"
+
+
+@pytest.mark.parametrize("backend", ["openai", "ollama"])
+def test_a_server_answering_http_200_with_html_is_a_one_line_error(cli, tmp_path, backend):
+    server = _Server(HTML)
+    try:
+        r = cli("eval", "bot", "--backend", backend, "--url", server.url, "--suite", "quick",
+                "--out", tmp_path / "out")  # fmt: skip
+    finally:
+        server.close()
+    assert one_line_error(r), r.err
+    assert "did not answer with JSON" in r.err and "<!DOCTYPE html>" in r.err
+
+
+def test_eval_url_that_is_not_a_url_is_refused_before_any_request(cli, tmp_path):
+    r = cli("eval", "bot", "--backend", "openai", "--url", "not a url", "--out", tmp_path / "o")
+    assert one_line_error(r) and "--url 'not a url': not an http(s) URL" in r.err, r.err
+
+
+def test_eval_threads_negative_is_refused(cli, tmp_path, tiny_llama):
+    r = cli("eval", tiny_llama, "--backend", "hf", "--threads", "-3", "--out", tmp_path / "o")
+    assert one_line_error(r) and "--threads -3: must be at least 1" in r.err, r.err
+
+
+def test_eval_out_that_is_a_file_is_refused_before_evaluating(cli, tmp_path):
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json")
+    taken = tmp_path / "report"
+    taken.write_text("keep me")
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--out", taken)  # fmt: skip
+    finally:
+        server.close()
+    assert one_line_error(r) and "is a file, not a folder" in r.err, r.err
+    assert server.requests == 0 and taken.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# The error boundary and signals
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_command_and_debug_shows_the_traceback(
+    cli, monkeypatch, tmp_path, data_file
+):
+    # a fake failure: every real one found by the probe is fixed at its cause
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr("meshtune.data.stats", broken)
+    r = cli("data", "stats", data_file)
+    assert one_line_error(r), r.err
+    assert (
+        f"meshtune data stats {data_file}: unexpected RuntimeError: disk on fire second line"
+        in r.err
+    )
+    assert "--debug" in r.err
+    r = cli("data", "stats", data_file, "--debug")
+    assert r.code == 2 and "Traceback (most recent call last)" in r.err
+
+
+def _meshtune(*args: str, **kwargs) -> subprocess.Popen:
+    import meshtune
+
+    # the meshtune these tests import, wherever it is
+    env = {**os.environ, "PYTHONPATH": str(Path(meshtune.__file__).parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshtune", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def test_sigint_during_eval_says_nothing_was_written_and_exits_130(tmp_path):
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json", delay=0.5)
+    try:
+        proc = _meshtune("eval", "bot", "--backend", "openai", "--url", server.url,
+                         "--suite", "quick", "--out", tmp_path / "out")  # fmt: skip
+        deadline = time.time() + 60
+        while server.requests == 0 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        server.close()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted (SIGINT): nothing was written (the report is written when evaluation ends)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_during_export_removes_its_temp_files_and_exits_130(proved):
+    proc = _meshtune("export", proved, "--quant", "F32", "--name", "stopper")
+    # stop it while it writes: its temp folder (merged.tmpPID) or temp GGUF exists
+    deadline = time.time() + 120
+    while not temps(proved) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert temps(proved), "the export finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (SIGTERM): export stopped")
+    assert temps(proved) == []
+
+
+def test_sigint_during_train_names_the_checkpoint_it_kept_and_exits_130(tmp_path, tiny_llama):
+    from tests.test_train import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, max_steps=100_000, save_steps=1, eval_steps=1000)
+    run = tmp_path / "run"
+    proc = _meshtune("train", recipe, "--output-dir", run)
+    deadline = time.time() + 180
+    while not list(run.glob("checkpoints/step-*")) and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    # (the progress bar shares stderr)
+    said = re.findall(r"interrupted \(SIGINT\): [^\r\n]*", err)
+    assert said == [said[0]] and "Traceback" not in err, err
+    assert said[0].startswith(f"interrupted (SIGINT): kept the last checkpoint, {run}/checkpoints/")
+    assert said[0].endswith("(continue with --resume)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties: random recipes, --set values and bytes; success or one line with exit 2
+
+
+def _outcome_is_allowed(code: int, err: str, allowed=(0, 2)) -> bool:
+    if code not in allowed:
+        return False
+    if code == 2:
+        return (
+            err.startswith("error: ") and err.count("\n") == 1 and "rerun with --debug" not in err
+        )
+    return "Traceback" not in err
+
+
+RECIPE_KEYS = ["learning_rate", "num_epochs", "max_steps", "sequence_len", "micro_batch_size",
+               "lora_r", "lora_alpha", "val_set_size", "warmup_ratio", "warmup_steps", "seed",
+               "datasets", "base_model", "eval_steps", "special_tokens", "chat_template",
+               "sample_packing", "ollama", "optimizer", "nonsense_key"]  # fmt: skip
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+)  # fmt: skip
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: st.lists(inner, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=6), inner, min_size=1, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+FAST = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(RECIPE_KEYS), yaml_values), min_size=1, max_size=4))
+def test_property_random_recipe_yaml_at_plan(tmp_path_factory, changes):
+    folder = tmp_path_factory.mktemp("recipe")
+    data = rows_file(folder, [chat("hi?", "hello.")])
+    recipe = {"datasets": [{"path": str(data)}], "max_steps": 1, **dict(changes)}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
+    code, _, err = run_main("plan", path)
+    assert _outcome_is_allowed(code, err), err
+
+
+@FAST
+@given(
+    st.sampled_from(RECIPE_KEYS),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
+)
+def test_property_random_set_values_at_plan(tmp_path_factory, key, value):
+    folder = tmp_path_factory.mktemp("set")
+    data = rows_file(folder, [chat("hi?", "hello.")])
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"datasets": [{"path": str(data)}], "max_steps": 1}))
+    code, _, err = run_main("plan", path, "--set", f"{key}={value}")
+    assert _outcome_is_allowed(code, err), err
+
+
+@FAST
+@given(
+    st.binary(max_size=300)
+    # FROM with what a path can hold: ~user, NUL bytes, folders, quotes
+    | st.lists(st.sampled_from(["~", "\x00", "/", ".", "..", "a", " ", '"', ".gguf", "\n"])).map(
+        lambda parts: f"FROM {''.join(parts)}\nPARAMETER stop x\n".encode()
+    )
+)
+def test_property_random_bytes_at_modelfile_check(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("mf") / "Modelfile"
+    path.write_bytes(content)
+    code, _, err = run_main("modelfile", "check", path)
+    assert _outcome_is_allowed(code, err, allowed=(0, 1, 2)), err
+
+
+@FAST
+@given(st.binary(max_size=400), st.booleans())
+def test_property_random_bytes_at_the_base_model_loader(tmp_path_factory, content, magic):
+    from meshtune.errors import MeshtuneError
+    from meshtune.models import resolve
+
+    folder = tmp_path_factory.mktemp("gguf")
+    path = folder / "model.gguf"
+    path.write_bytes((b"GGUF\x03\x00\x00\x00" if magic else b"") + content)
+    os.environ["MESHTUNE_CACHE"] = str(folder / "cache")
+    try:
+        resolve(str(path))
+    except MeshtuneError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+    finally:
+        del os.environ["MESHTUNE_CACHE"]
+    assert files.remove_stale_temps(folder / "cache" / "models") == []
