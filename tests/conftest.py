@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -44,6 +46,23 @@ def chat(user: str, reply: str, **meta) -> dict:
         **meta,
         "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
     }
+
+
+def run_main(*args: str) -> tuple[int, str, str]:
+    """`meshtune ARGS` in-process without pytest fixtures (for hypothesis and module-scoped
+    fixtures, where `cli` cannot be used); returns exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["meshtune", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
 
 
 class CliResult:

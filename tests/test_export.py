@@ -3,8 +3,6 @@ renders the trained prompt, and the proof, on tiny random llama runs built here 
 embedded SmolLM2-135M in a slow test). Ollama cannot run here: `deploy` is tested with a
 stand-in `ollama` executable."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tests.conftest import run_main
 from tests.test_modelfile import llama32_tokenizer_from
 from tests.tiny import lora_run, save_tiny_llama
 
 from meshtune import export, modelfile
-from meshtune.cli import main
 from meshtune.meshmaster import OPTIONS
 
 # ---------------------------------------------------------------------------------------------
@@ -40,22 +38,6 @@ def tiny_base(folder: Path, tokenizer, *, tie=False, init=0.5, rope=None, seed=0
     return LlamaForCausalLM.from_pretrained(folder)
 
 
-def run_cli(*args) -> tuple[int, str, str]:
-    """`meshtune ARGS` in-process (for module-scoped fixtures, where `cli` cannot be used)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["meshtune", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
-
-
 def checks(run: Path) -> dict[str, dict]:
     return {c["name"]: c for c in json.loads((run / "verify.json").read_text())["checks"]}
 
@@ -67,7 +49,7 @@ def chatml(tmp_path_factory, smol_tokenizer):
     root = tmp_path_factory.mktemp("chatml")
     base = tiny_base(root / "base", smol_tokenizer)
     run = lora_run(root, base, str(root / "base"), "chatml")
-    code, out, err = run_cli("export", run, "--quant", "F32", "--name", "tiny")
+    code, out, err = run_main("export", run, "--quant", "F32", "--name", "tiny")
     return run, code, out, err
 
 

@@ -6,9 +6,7 @@ on loopback, real signals. The property tests at the end throw random recipes, `
 and bytes at the commands: the only outcomes allowed are success or one line with exit 2.
 """
 
-import contextlib
 import http.server
-import io
 import json
 import os
 import re
@@ -24,33 +22,16 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import chat, rows_file
+from tests.conftest import chat, rows_file, run_main
 from tests.test_export import stand_in_ollama, stopper, tiny_base  # noqa: F401 (fixture)
 from tests.tiny import lora_run
 
 from meshtune import export, files
-from meshtune.cli import main
 
 
 def one_line_error(r) -> bool:
     """Exit 2 and exactly one line, `error: ...`, with no traceback."""
     return r.code == 2 and r.err.startswith("error: ") and r.err.count("\n") == 1
-
-
-def run_main(*args: str) -> tuple[int, str, str]:
-    """`meshtune ARGS` in-process without pytest fixtures (hypothesis runs it many times)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["meshtune", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
