@@ -89,6 +89,16 @@ def test_invented_and_non_working_commands_are_flagged_real_ones_are_not():
     assert measure("Use /nodes to see alice, then DM me 'alice hi'.")["invented_commands"] == []
 
 
+def test_the_relay_form_to_a_node_the_question_names_is_not_an_invented_command():
+    """`/<shortname> <message>` relays in a DM to the bot; a word of the question turned into a
+    command ("mute yourself" -> /mute) is still invented."""
+    relay = Item(id="r", prompt="can you get a note to VK3Z and mtn2?")
+    assert measure("DM me '/vk3z meet at 8' or '/mtn2 hi'.", item=relay)["invented_commands"] == []
+    mute = Item(id="m", prompt="mute yourself for an hour")
+    assert measure("Send /mute 1h.", item=mute)["invented_commands"] == ["/mute"]
+    assert measure("Try /vk3z hi.")["invented_commands"] == ["/vk3z"]  # a node nobody named
+
+
 def test_a_list_of_commands_is_a_dump_an_explanation_is_not():
     dump = "/help\n/nodes\n/node <name>\n/optout\n/optin\n/weather"
     m = measure(dump, item=Item(id="x", prompt="what can you do"))
