@@ -64,9 +64,9 @@ PREFIX_GROUP = 32
 
 
 def by_prefix(examples: Sequence[chat.Encoded]) -> list[chat.Encoded]:
-    """`examples` with those that share a long prefix beyond the one all of them share (Mesh
-    Master's system block in every rendered request) brought together, so packed rows compute
-    it once; otherwise the order is kept."""
+    """`examples` with those that share a long prefix beyond the one all of them share brought
+    together, level by level (Mesh Master's system block, then each persona's text), so packed
+    rows compute it once; otherwise the order is kept."""
     if len(examples) < 2:
         return list(examples)
     first = examples[0].input_ids
@@ -79,9 +79,9 @@ def by_prefix(examples: Sequence[chat.Encoded]) -> list[chat.Encoded]:
     groups: dict[tuple[int, ...], list[chat.Encoded]] = {}
     for e in examples:
         groups.setdefault(tuple(e.input_ids[: common + PREFIX_GROUP]), []).append(e)
-    return [e for group in groups.values() for e in group]
-
-
+    if len(groups) == 1:
+        return list(examples)
+    return [e for group in groups.values() for e in by_prefix(group)]
 @dataclass(slots=True)
 class Batch:
     """Rows flattened into one padding-free sequence (batch dimension 1)."""
