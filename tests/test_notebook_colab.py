@@ -45,7 +45,7 @@ def test_the_colab_notebook_executes_every_cell_on_cpu_with_the_embedded_model(t
         "INSTALL = False\n"
         f"RUN_DIR = {str(run)!r}\n"
         "MAX_STEPS = 2\n"
-        'OVERRIDES = ["sequence_len=256", "val_set_size=8"]\n'
+        'OVERRIDES = ["sequence_len=512", "val_set_size=8"]\n'
         'SUITE = "quick"\n'
         "SAMPLES = 1\n"
     )
