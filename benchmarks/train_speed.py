@@ -7,7 +7,7 @@ example and computes logits for every position, as `model(input_ids, attention_m
 does; meshtune's packs rows without padding, computes each row's shared system prompt once and
 logits only where a token is trained. Throughput counts each conversation's own tokens, so both
 loops are measured on the same work. Rounds alternate between the two so that background load
-affects both alike. Measured on a quiet 2-core machine: 116 vs 256 tokens/s, 2.21x.
+affects both alike (figures in the README).
 
     .venv/bin/python benchmarks/train_speed.py [--conversations 96] [--rounds 2]
 """

@@ -25,10 +25,15 @@ import pytest
 from tests.conftest import REPO
 
 from meshtune import meshmaster
-from meshtune.export import quick_prompts
+from meshtune.export import file_digest, quick_prompts
 
 SSHD = Path("/usr/sbin/sshd")
 RUN = REPO / "reports" / "embedded-cpu-run"  # a real export's Modelfile and verify.json
+GGUF = next(
+    line.split("./", 1)[1]
+    for line in (RUN / "Modelfile").read_text().splitlines()
+    if line.startswith("FROM ./")
+)
 
 STANDIN_OLLAMA = """#!/bin/sh
 # stand-in for ollama: `create NAME -f Modelfile` checks FROM's file and records NAME
@@ -185,14 +190,26 @@ def pi(tmp_path: Path) -> Iterator[Pi]:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    """An exported run: the real embedded run's Modelfile and verify.json, and bytes standing in
-    for its GGUF (the stand-in ollama only checks that FROM's file arrived)."""
+    """An exported run: the real embedded run's Modelfile, and bytes standing in for its GGUF
+    (the stand-in ollama only checks that FROM's file arrived) with a verify.json made to prove
+    those bytes (sha256 and size), since deploy ships nothing else."""
     run = tmp_path / "run1"
     run.mkdir()
     for name in ("Modelfile", "verify.json", "export.json"):
         shutil.copy(RUN / name, run / name)
-    (run / "run1-Q8_0.gguf").write_bytes(b"GGUF" + os.urandom(4096))
+    gguf = run / GGUF
+    gguf.write_bytes(b"GGUF" + os.urandom(4096))
+    digest, size = file_digest(gguf)
+    proof = json.loads((run / "verify.json").read_text())
+    proof.update(gguf=GGUF, sha256=digest, bytes=size)
+    (run / "verify.json").write_text(json.dumps(proof))
     return run
+
+
+def test_a_gguf_that_is_not_the_proved_one_is_never_shipped(cli, run_dir, tmp_path):
+    (run_dir / GGUF).write_bytes(b"GGUF changed after the proof")
+    r = cli("deploy", run_dir, "--name", "meshtune-v2", "--to", "pi@127.0.0.1", "--dry-run")
+    assert r.code == 2 and "not the file verify.json proved" in r.err
 
 
 def deploy(cli, pi: Pi, run: Path, *extra: str, name: str = "meshtune-v2"):
@@ -221,7 +238,7 @@ def test_deploy_to_copies_creates_asks_and_changes_one_key_via_real_sshd_and_sta
     r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
     assert r.code == 0, r.err
     folder = pi.home / "models" / "meshtune-v2"
-    for name in ("run1-Q8_0.gguf", "Modelfile"):  # copied byte for byte
+    for name in (GGUF, "Modelfile"):  # copied byte for byte
         assert (folder / name).read_bytes() == (run_dir / name).read_bytes()
     assert pi.created() == [f"meshtune-v2 {folder}"]  # created in the Modelfile's folder
     # the bot's own request reached the Pi's Ollama: its prompt and options, the config's num_ctx

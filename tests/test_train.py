@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -441,6 +442,12 @@ def test_the_first_losses_of_the_tiny_model_are_pinned(tmp_path, tiny_llama):
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-4)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def meshtune(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "meshtune", *args],
@@ -507,6 +514,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             "2",
             "--num_machines",
             "1",
+            "--main_process_port",  # a free one: a port left busy by another test fails the run
+            str(free_port()),
             "--mixed_precision",
             "no",
             "--dynamo_backend",

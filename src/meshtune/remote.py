@@ -20,8 +20,7 @@ from typing import Any
 
 from meshtune import meshmaster, modelfile
 from meshtune.errors import MeshtuneError
-from meshtune.export import check_name, quick_prompts, set_ollama_model
-from meshtune.files import read_json
+from meshtune.export import check_name, check_proof, quick_prompts, set_ollama_model
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15")  # never wait on a password
@@ -143,19 +142,20 @@ class Ssh:
 
 
 def _local_files(folder: Path, force: bool) -> tuple[Path, Path]:
-    """The run's Modelfile and the GGUF its FROM names, after export's own proof passed."""
+    """The run's Modelfile and the GGUF its FROM names, which verify.json must have proved
+    (export.check_proof: the same file, sha256 and size; --force only passes a failed proof)."""
     mf_path = folder / "Modelfile"
     if not mf_path.is_file():
         raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
-    verification = read_json(folder / "verify.json", f"run `meshtune verify {folder}` first")
+    mf = modelfile.read(mf_path)
+    verification = check_proof(folder, mf)
     if not verification.get("ok") and not force:
         raise MeshtuneError(
             f"{folder}/verify.json: verification failed; fix the run, or pass --force to deploy "
             "anyway"
         )
-    source = modelfile.read(mf_path).first("model")
-    gguf = (folder / source.args).resolve() if source else None
-    if gguf is None or gguf.parent != folder.resolve() or not gguf.is_file():
+    gguf = (folder / mf.first("model").args).resolve()
+    if gguf.parent != folder.resolve():
         raise MeshtuneError(
             f"{mf_path}: FROM must name a .gguf file in {folder} (it is copied beside the "
             "Modelfile); run `meshtune export` again"

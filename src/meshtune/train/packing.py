@@ -82,6 +82,8 @@ def by_prefix(examples: Sequence[chat.Encoded]) -> list[chat.Encoded]:
     if len(groups) == 1:
         return list(examples)
     return [e for group in groups.values() for e in by_prefix(group)]
+
+
 @dataclass(slots=True)
 class Batch:
     """Rows flattened into one padding-free sequence (batch dimension 1)."""
