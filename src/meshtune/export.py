@@ -982,16 +982,7 @@ def deploy(
     config.json pointed at NAME."""
     folder = Path(run_dir)
     name = check_name(name)
-    mf_path = folder / "Modelfile"
-    if not mf_path.is_file():
-        raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
-    verification = check_proof(folder, modelfile.read(mf_path))
-    if not verification.get("ok") and not force:
-        failed = [c["name"] for c in verification.get("checks", []) if c.get("ok") is False]
-        raise MeshtuneError(
-            f"{folder}/verify.json: verification failed ({', '.join(failed)}); fix the run, or "
-            "pass --force to deploy anyway"
-        )
+    mf_path, _ = proven_files(folder, force)
     # The config change is worked out and checked before ollama runs, so a config that cannot
     # be changed stops the deploy before anything changed.
     edit = plan_config_edit(Path(config), name) if config is not None else None
@@ -1009,6 +1000,23 @@ def deploy(
         result.config = str(config)
         result.backup = str(apply_config_edit(edit))
     return result
+
+
+def proven_files(folder: Path, force: bool) -> tuple[Path, Path]:
+    """The run's Modelfile and the GGUF its FROM names, once verify.json proved that very file
+    (check_proof) and passed; `force` ships a file whose proof failed, never an unproved one."""
+    mf_path = folder / "Modelfile"
+    if not mf_path.is_file():
+        raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
+    mf = modelfile.read(mf_path)
+    verification = check_proof(folder, mf)
+    if not verification.get("ok") and not force:
+        failed = [c["name"] for c in verification.get("checks", []) if c.get("ok") is False]
+        raise MeshtuneError(
+            f"{folder}/verify.json: verification failed ({', '.join(failed)}); fix the run, or "
+            "pass --force to deploy anyway"
+        )
+    return mf_path, modelfile.local_model(mf, folder)
 
 
 def check_proof(folder: Path, mf: "modelfile.Modelfile") -> dict[str, Any]:

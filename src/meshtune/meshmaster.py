@@ -290,7 +290,7 @@ def _question(message: str, channel: bool) -> str:
             f"'{text}': on a channel only /ai, /bot or /data reach the model; start the "
             "message with /ai"
         )
-    if text.startswith("/"):
+    if not reaches_model(text):
         raise MeshtuneError(
             f"'{text}' is a command: in a DM the bot runs it instead of asking the model; "
             "send a question"
@@ -378,9 +378,6 @@ def load_config(path: Path | None, personas: Path | None = None) -> BotConfig:
     own = isinstance(raw.get("ai_personalities"), list) and bool(raw["ai_personalities"])
     if personas is not None and not own:
         config = replace(config, personas=_personas_file(personas))
-    if config.default_persona and config._lookup(config.default_persona) is None:
-        # the bot falls back to its first persona
-        config = replace(config, default_persona=config.personas[0].id if config.personas else None)
     return config
 
 
@@ -397,18 +394,15 @@ def _config_from(raw: dict[str, Any], where: str) -> BotConfig:
 
     def number(key: str, default: int) -> int:
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise MeshtuneError(
-                f"{where}: `{key}` {value!r} is not a whole number (Mesh Master would silently "
-                f"use {default}); fix the config"
-            )
-        try:
-            return int(value)
-        except ValueError:
-            raise MeshtuneError(
-                f"{where}: `{key}` {value!r} is not a whole number (Mesh Master would silently "
-                f"use {default}); fix the config"
-            ) from None
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            try:
+                return int(value)  # as the bot reads it: "8" is 8
+            except ValueError:
+                pass
+        raise MeshtuneError(
+            f"{where}: `{key}` {value!r} is not a whole number (Mesh Master would silently "
+            f"use {default}); fix the config"
+        )
 
     personas = defaults.personas
     if isinstance(raw.get("ai_personalities"), list) and raw["ai_personalities"]:

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meshtune import meshmaster, modelfile
+from meshtune import meshmaster
 from meshtune.errors import MeshtuneError
-from meshtune.export import check_name, check_proof, quick_prompts, set_ollama_model
+from meshtune.export import check_name, proven_files, quick_prompts, set_ollama_model
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15")  # never wait on a password
@@ -142,25 +142,15 @@ class Ssh:
 
 
 def _local_files(folder: Path, force: bool) -> tuple[Path, Path]:
-    """The run's Modelfile and the GGUF its FROM names, which verify.json must have proved
-    (export.check_proof: the same file, sha256 and size; --force only passes a failed proof)."""
-    mf_path = folder / "Modelfile"
-    if not mf_path.is_file():
-        raise MeshtuneError(f"{folder}: no Modelfile; run `meshtune export {folder}` first")
-    mf = modelfile.read(mf_path)
-    verification = check_proof(folder, mf)
-    if not verification.get("ok") and not force:
-        raise MeshtuneError(
-            f"{folder}/verify.json: verification failed; fix the run, or pass --force to deploy "
-            "anyway"
-        )
-    gguf = (folder / mf.first("model").args).resolve()
-    if gguf.parent != folder.resolve():
+    """The run's proven Modelfile and GGUF (export.proven_files), which must lie side by side:
+    they are copied into one folder on the Pi."""
+    mf_path, gguf = proven_files(folder, force)
+    if gguf.resolve().parent != folder.resolve():
         raise MeshtuneError(
             f"{mf_path}: FROM must name a .gguf file in {folder} (it is copied beside the "
             "Modelfile); run `meshtune export` again"
         )
-    return mf_path, gguf
+    return mf_path, gguf.resolve()
 
 
 def bot_request(name: str, bot: meshmaster.BotConfig) -> dict[str, Any]:

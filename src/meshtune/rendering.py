@@ -27,7 +27,7 @@ def renderable(conv: Conversation) -> bool:
     last reply that builds on them would teach the model to guess what it cannot see; those
     rows stay plain chats, and the data's follow-up rows teach asking back instead."""
     turns = conv.messages
-    multi_turn_dm = sum(m.role == "user" for m in turns) > 1 and not conv.meta.get("channel")
+    multi_turn_dm = sum(m.role == "user" for m in turns) > 1 and not conv.channel
     return (
         turns[0].role != "system"
         and len(turns) >= 2
@@ -61,7 +61,7 @@ def render(
             config,
             persona=persona,
             sender=sender,
-            channel=bool(conv.meta.get("channel")),
+            channel=conv.channel,
         )
         messages = (Message("user", prompt), conv.messages[-1])
         meta = {**conv.meta, "persona": persona, "sender": sender}
