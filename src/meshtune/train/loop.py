@@ -102,7 +102,9 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     scheduler = models.scheduler(recipe, optimizer, plan.warmup_steps, plan.total_steps)
     engine.module, optimizer = accelerator.prepare(engine.module, optimizer)
 
-    prepare_run_dir(run, opts.overwrite, opts.resume)  # all checks passed: now replace a run
+    if main:  # all checks passed: now replace a run, once (another rank would see its files)
+        prepare_run_dir(run, opts.overwrite, opts.resume)
+    accelerator.wait_for_everyone()
     state = TrainState()
     if opts.resume:
         state = restore_checkpoint(run, peft_model, optimizer, scheduler, say)
