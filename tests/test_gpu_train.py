@@ -1,14 +1,14 @@
-"""The CUDA engine, on a CUDA GPU only (skipped elsewhere): packed micro batches with one
+"""The CUDA engine. On a CUDA GPU only (skipped elsewhere): packed micro batches with one
 flex-attention call per layer, compiled decoder layers and the chunked loss at trained positions
 give the loss and LoRA gradients of each conversation run alone through the model's own forward
-(sdpa, full logits), within bf16 tolerance."""
+(sdpa, full logits), within bf16 tolerance. Anywhere: the block mask and the padded lengths."""
 
 import random
 
 import pytest
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 VOCAB = 512
 
@@ -25,6 +25,44 @@ def conversations(n: int, seed: int):
         labels = [chat.IGNORE] * prompt + ids[prompt:]
         out.append(chat.Encoded(ids, labels, i, False))
     return out
+
+
+def test_document_mask_computes_the_tiles_of_the_token_mask():
+    """The block mask built from each tile's first and last conversation computes, and skips
+    the mask in, the same tiles as flex attention's own builder over the full token mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from meshtune.train.attention import document_mask
+
+    rng = random.Random(0)
+    for n in (1024, 3072):
+        lengths: list[int] = []  # conversations of 1 to 600 tokens, then padding to n
+        while sum(lengths) < n:
+            lengths.append(min(rng.choice([1, 5, 127, 128, 129, 300, 600]), n - sum(lengths)))
+        documents = torch.tensor([i for i, k in enumerate(lengths) for _ in range(k)])
+
+        def same_conversation_causal(b, h, q, kv):
+            return (documents[q] == documents[kv]) & (q >= kv)
+
+        want = create_block_mask(same_conversation_causal, None, None, n, n, device="cpu")
+        got = document_mask(documents)
+        for name in ("kv", "full_kv", "q", "full_q"):
+            counts = getattr(got, f"{name}_num_blocks")
+            assert torch.equal(counts, getattr(want, f"{name}_num_blocks")), name
+            for row, k in enumerate(counts[0, 0].tolist()):
+                listed = [getattr(m, f"{name}_indices")[0, 0, row, :k] for m in (got, want)]
+                assert sorted(listed[0].tolist()) == sorted(listed[1].tolist()), (name, row)
+        assert int(got.full_kv_num_blocks.sum()) > 0  # the case of whole tiles is covered
+
+
+def test_padded_lengths_waste_at_most_an_eighth_in_few_shapes():
+    from meshtune.train.loss import padded_length
+
+    lengths = [padded_length(n) for n in range(1, 70_000)]
+    assert all(p >= n and p % 1024 == 0 for n, p in enumerate(lengths, 1))
+    assert all(p - n < max(1024, n / 8) for n, p in enumerate(lengths, 1))
+    assert len(set(lengths)) == 16 + 8 + 8 + 1  # up to 16k, 16-32k, 32-64k, then 73,728
+    assert padded_length(44_500) == 45_056  # a full micro batch of the 1B shape's budget
 
 
 def lora_llama(attention: str):
@@ -58,6 +96,7 @@ def lora_grads(model):
     return {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@cuda
 def test_packed_cuda_loss_and_lora_gradients_equal_each_conversation_alone():
     import torch.nn.functional as F
 
@@ -72,7 +111,7 @@ def test_packed_cuda_loss_and_lora_gradients_equal_each_conversation_alone():
     engine = packed_causal_lm(packed_model)
     batches = join(micro_batches(pack(examples, 1024, True, 5, share=False), 2, share=False), 3072)
     assert len(batches) >= 2 and all(len(b.segments) >= 4 for b in batches)
-    packed = sum(engine(to_device(b, 1024, "cuda")) for b in batches)
+    packed = sum(engine(to_device(b, "cuda")) for b in batches)
     packed.backward()
 
     alone_model = lora_llama("sdpa")
@@ -133,6 +172,7 @@ def chatml_tokenizer(texts: list[str]):
     return tok
 
 
+@cuda
 def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
     """`train` on a CUDA GPU: the plan names the CUDA engine, the eval loss falls, the last step
     is evaluated and the adapters are written."""

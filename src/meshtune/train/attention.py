@@ -74,14 +74,42 @@ def register_document_attention() -> None:
     AttentionMaskInterface.register(DOCUMENT_ATTENTION, lambda *args, **kwargs: None)
 
 
+BLOCK = 128  # flex attention's tile: the block mask says which 128 x 128 tiles to compute
+
+
 def document_mask(documents: Any) -> Any:
     """A flex-attention block mask: query i sees key j when both lie in the same conversation
-    (`documents[i] == documents[j]`, one id per token) and j <= i. Built on the device that
-    holds `documents`, with no host synchronisation."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    (`documents[i] == documents[j]`, one id per token) and j <= i. The ids never decrease along
+    the sequence (each conversation is contiguous) and its length is a multiple of `BLOCK`, so
+    which tiles to compute follows from each tile's first and last id: no (n x n) token mask
+    is built, and nothing waits for the device that holds `documents`."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
 
     def same_conversation_causal(b, h, q, kv):
         return (documents[q] == documents[kv]) & (q >= kv)
 
     n = documents.shape[0]
-    return create_block_mask(same_conversation_causal, None, None, n, n, device=documents.device)
+    tiles = documents.view(n // BLOCK, BLOCK)
+    first, last = tiles[:, 0], tiles[:, -1]
+    index = torch.arange(n // BLOCK, device=documents.device)
+    earlier = index[:, None] > index[None, :]  # [query tile, key tile]: keys all before queries
+    # an earlier key tile holds a key of some query's conversation when its last id reaches the
+    # query tile's first id; the diagonal tile always holds some (each token sees itself)
+    some = (earlier & (last[None, :] >= first[:, None])) | (index[:, None] == index[None, :])
+    single = first == last  # the tile lies inside one conversation
+    every = earlier & single[:, None] & single[None, :] & (first[:, None] == first[None, :])
+
+    def listed(tiles: Any) -> tuple[Any, Any]:
+        """How many key tiles each query tile computes, and which, first in each row."""
+        tiles = tiles.to(torch.int32)
+        order = tiles.argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+        return tiles.sum(dim=-1, dtype=torch.int32)[None, None], order[None, None]
+
+    return BlockMask.from_kv_blocks(
+        *listed(some & ~every),  # tiles where the mask is applied
+        *listed(every),  # tiles computed without it
+        BLOCK_SIZE=BLOCK,
+        mask_mod=same_conversation_causal,
+        seq_lengths=(n, n),
+    )

@@ -13,7 +13,6 @@ on the device until they are logged.
 """
 
 import itertools
-import math
 import os
 import shutil
 import time
@@ -165,13 +164,6 @@ class Engine:
         three kernel launches per conversation and layer to save little arithmetic)."""
         return self.name == CPU_ENGINE
 
-    @property
-    def quantum(self) -> int:
-        """CUDA micro batches are padded to a multiple of this: an eighth of the budget (at least
-        1024 tokens), so the compiled layers see at most eight shapes, each compiled once, and a
-        micro batch wastes at most an eighth."""
-        return max(1024, math.ceil((self.budget or 0) / 8 / 128) * 128)
-
     def batches(self, batches: Sequence[Batch]) -> list[Batch]:
         if self.name == CPU_ENGINE:
             return list(batches)
@@ -180,7 +172,7 @@ class Engine:
     def loss(self, batch: Batch, device: Any) -> Any:
         if self.name == CPU_ENGINE:
             return micro_loss(self.module, batch, device)
-        return self.module(to_device(batch, self.quantum, device))
+        return self.module(to_device(batch, device))
 
 
 @dataclass

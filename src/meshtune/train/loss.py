@@ -33,10 +33,19 @@ def micro_loss(model: Any, batch: Batch, device: Any) -> Any:
     return F.cross_entropy(logits, targets[keep], reduction="sum")
 
 
+def padded_length(n: int) -> int:
+    """The length a CUDA micro batch of `n` tokens is padded to, so that compiled layers see a
+    handful of shapes: a multiple of 1024 up to 16,384 tokens, then eight lengths per doubling
+    (a multiple of 2048 up to 32,768, of 4096 up to 65,536, ...). Padding is relative to the
+    micro batch itself: at most 1023 tokens or an eighth, whatever the budget."""
+    step = max(1024, 2 ** (n.bit_length() - 4))
+    return max(1, math.ceil(n / step)) * step
+
+
 @dataclass
 class DeviceBatch:
-    """A micro batch on the GPU, padded to a multiple of `quantum` tokens so that compiled
-    layers see a handful of shapes; padding is its own conversation and is never trained."""
+    """A micro batch on the GPU, padded to `padded_length` tokens; padding is its own
+    conversation and is never trained."""
 
     input_ids: Any  # (1, n)
     position_ids: Any  # (1, n)
@@ -47,11 +56,11 @@ class DeviceBatch:
     tokens: int
 
 
-def to_device(batch: Batch, quantum: int, device: Any) -> DeviceBatch:
+def to_device(batch: Batch, device: Any) -> DeviceBatch:
     """Tensors built on the host in pinned memory and copied without waiting; the block mask is
     built on the device."""
     n = len(batch.input_ids)
-    pad = math.ceil(n / quantum) * quantum - n
+    pad = padded_length(n) - n
     documents = [0] * n
     for i, (start, end, _, _) in enumerate(batch.segments):
         documents[start:end] = [i] * (end - start)
