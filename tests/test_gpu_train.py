@@ -27,32 +27,32 @@ def conversations(n: int, seed: int):
     return out
 
 
-def test_document_mask_computes_the_tiles_of_the_token_mask():
+@pytest.mark.parametrize("n", [1024, 3072])
+def test_document_mask_computes_the_tiles_of_the_token_mask(n):
     """The block mask built from each tile's first and last conversation computes, and skips
     the mask in, the same tiles as flex attention's own builder over the full token mask."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     from meshtune.train.attention import document_mask
 
-    rng = random.Random(0)
-    for n in (1024, 3072):
-        lengths: list[int] = []  # conversations of 1 to 600 tokens, then padding to n
-        while sum(lengths) < n:
-            lengths.append(min(rng.choice([1, 5, 127, 128, 129, 300, 600]), n - sum(lengths)))
-        documents = torch.tensor([i for i, k in enumerate(lengths) for _ in range(k)])
+    rng = random.Random(n)
+    lengths: list[int] = []  # conversations of 1 to 600 tokens, the last cut at n
+    while sum(lengths) < n:
+        lengths.append(min(rng.choice([1, 5, 127, 128, 129, 300, 600]), n - sum(lengths)))
+    documents = torch.tensor([i for i, k in enumerate(lengths) for _ in range(k)])
 
-        def same_conversation_causal(b, h, q, kv):
-            return (documents[q] == documents[kv]) & (q >= kv)
+    def same_conversation_causal(b, h, q, kv):
+        return (documents[q] == documents[kv]) & (q >= kv)
 
-        want = create_block_mask(same_conversation_causal, None, None, n, n, device="cpu")
-        got = document_mask(documents)
-        for name in ("kv", "full_kv", "q", "full_q"):
-            counts = getattr(got, f"{name}_num_blocks")
-            assert torch.equal(counts, getattr(want, f"{name}_num_blocks")), name
-            for row, k in enumerate(counts[0, 0].tolist()):
-                listed = [getattr(m, f"{name}_indices")[0, 0, row, :k] for m in (got, want)]
-                assert sorted(listed[0].tolist()) == sorted(listed[1].tolist()), (name, row)
-        assert int(got.full_kv_num_blocks.sum()) > 0  # the case of whole tiles is covered
+    want = create_block_mask(same_conversation_causal, None, None, n, n, device="cpu")
+    got = document_mask(documents)
+    for name in ("kv", "full_kv", "q", "full_q"):
+        counts = getattr(got, f"{name}_num_blocks")
+        assert torch.equal(counts, getattr(want, f"{name}_num_blocks")), name
+        for row, k in enumerate(counts[0, 0].tolist()):
+            listed = [getattr(m, f"{name}_indices")[0, 0, row, :k] for m in (got, want)]
+            assert sorted(listed[0].tolist()) == sorted(listed[1].tolist()), (name, row)
+    assert int(got.full_kv_num_blocks.sum()) > 0  # whole tiles inside one conversation occur
 
 
 def test_padded_lengths_waste_at_most_an_eighth_in_few_shapes():
