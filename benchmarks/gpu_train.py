@@ -1,22 +1,31 @@
-"""Training throughput on one CUDA GPU, side by side in one process: the same conversations (the
-shipped data under the Llama-3 template), the same LoRA (r=8 on every linear layer), the same
-AdamW, random weights of the real shapes (throughput depends on shapes, not values).
+"""Training throughput on CUDA GPUs, side by side: the same conversations (the shipped data
+under the Llama-3 template; the 135M shape under its own), the same LoRA (r=8 on every linear
+layer), the same AdamW, random weights of the real shapes (throughput depends on shapes, not
+values). Every leg reads one stream of conversations, each epoch in its own seeded order.
 
     (a) naive: Hugging Face + peft, padded micro batches of 4 conversations, sdpa
     (b) HF packed: rows of 4096 tokens, 4 per micro batch, torch.compile, no cross-chat masking
-    (c) meshtune's training step (loop.Trainer.train_step, the CUDA engine) at its token budget
-    (d) meshtune's training step at the v2 recipe's micro batch (4 rows of 512 tokens)
+    (c) meshtune's training step (loop.Trainer.train_step, the CUDA engine): an optimizer step is
+        STEP_MICRO_BATCHES micro batches at the token budget, whatever the number of GPUs (one
+        GPU accumulates them all, two take half each), so one and two GPUs do the same steps
+    (d) meshtune's training step at the v2 recipe's micro batch (4 rows of 512 tokens, one per
+        step)
 
-Warm-up steps (compilation) are timed apart. MFU counts 4N FLOPs per token (N: every
-parameter, embeddings once; forward plus the input gradient, since LoRA leaves the weights
-frozen) against the bf16 matrix-product peak measured here; HFU counts the FLOPs each loop
-actually does (projections at the positions it computes, the vocabulary projection where it
-takes logits, attention over the query-key pairs it evaluates: forward plus twice that back).
+The (a) legs run first, alone: they are limited by the host, and a program started beside them
+would slow them. Warm-up steps (compilation) are timed apart and cover every padded shape the
+timed steps use. The timed steps are split into five windows timed by CUDA events (no extra
+wait), whose tokens/s give the spread. MFU counts 4N FLOPs per token (N: every parameter,
+embeddings once; forward plus the input gradient, since LoRA leaves the weights frozen) against
+the bf16 matrix-product peak measured here; HFU counts the FLOPs each loop actually does
+(projections at the positions it computes, the vocabulary projection where it takes logits,
+attention over the query-key pairs it evaluates: forward plus twice that back).
 
-    python benchmarks/gpu_train.py --tokenizer DIR --out benchmarks/results/X.json
-    python benchmarks/gpu_train.py --tokenizer DIR --fp16-cap-gib 15   (the T4 path, alone)
-    accelerate launch --num_processes 2 benchmarks/gpu_train.py --tokenizer DIR --legs c
-        (two GPUs: the same global batch split between them)
+    python benchmarks/gpu_train.py --tokenizer DIR --dry      (no GPU: each leg's steps, shapes)
+    python benchmarks/gpu_train.py --tokenizer DIR --out one.json
+    accelerate launch --num_processes 2 benchmarks/gpu_train.py --tokenizer DIR \
+        --legs llama-3.2-1b:c --out two.json
+    python benchmarks/gpu_train.py --tokenizer DIR --fp16-cap-gib 15 --out fp16.json
+    python benchmarks/gpu_train.py --combine one.json two.json fp16.json --out RESULT.json
 """
 
 import argparse
@@ -28,6 +37,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -144,37 +154,75 @@ class Flops:
         return 4 * self.linear * positions + 4 * self.d * self.vocab * logits + attention
 
 
-def measure(step: Any, batches: list[Any], warmup: int, steps: int) -> dict[str, float]:
-    """Runs `step(batch) -> (tokens, flops)` over the batches, cycling; warm-up timed apart."""
+A = "a_naive_padded_4"
+B = "b_hf_packed_4x4096_compiled"
+C = "c_meshtune_token_budget"
+D = "d_meshtune_v2_micro_batch"
+LEGS = {"a": A, "b": B, "c": C, "d": D}
+# (warm-up, timed) optimizer steps per leg: (a) is host-bound and uneven from step to step, so
+# it is timed longest
+STEPS = {"a": (10, 80), "b": (5, 15), "c": (3, 10), "d": (10, 40)}
+STEP_MICRO_BATCHES = 2  # (c): micro batches at the token budget per optimizer step
+WINDOWS = 5
+
+
+def stream(exs: list[chat.Encoded], epochs: int) -> list[chat.Encoded]:
+    """The conversations `epochs` times over, each epoch in its own seeded order."""
+    return [e for seed in range(epochs) for e in random.Random(seed).sample(exs, len(exs))]
+
+
+def measure(
+    step: Callable[[Any], tuple[int, float]], warm: list[Any], timed: list[Any], barrier: Any
+) -> dict[str, Any]:
+    """Runs `step(batch) -> (tokens, flops)` over the warm-up batches, then the timed ones.
+    tokens/s is over the whole timed wall time (all processes waited for at both ends); each
+    window's rate comes from CUDA events recorded between steps, which wait for nothing."""
     t = time.perf_counter()
-    for i in range(warmup):
-        step(batches[i % len(batches)])
+    for batch in warm:
+        step(batch)
     torch.cuda.synchronize()
-    warm = time.perf_counter() - t
+    barrier()
+    warm_s = time.perf_counter() - t
     torch.cuda.reset_peak_memory_stats()
-    tokens = flops = 0.0
+    bounds = [round(w * len(timed) / WINDOWS) for w in range(WINDOWS + 1)]
+    events = [torch.cuda.Event(enable_timing=True) for _ in bounds]
+    tokens, flops = [0] * WINDOWS, 0.0
     t = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        n, f = step(batches[i % len(batches)])
-        tokens, flops = tokens + n, flops + f
+    events[0].record()
+    for w in range(WINDOWS):
+        for batch in timed[bounds[w] : bounds[w + 1]]:
+            n, f = step(batch)
+            tokens[w], flops = tokens[w] + n, flops + f
+        events[w + 1].record()
     torch.cuda.synchronize()
+    barrier()
     wall = time.perf_counter() - t
+    windows = [tokens[w] * 1000 / events[w].elapsed_time(events[w + 1]) for w in range(WINDOWS)]
     return {
-        "tokens_per_s": tokens / wall,
+        "tokens_per_s": sum(tokens) / wall,
         "flops_per_s": flops / wall,
-        "warmup_s": warm,
+        "window_tokens_per_s": windows,
+        "spread": (max(windows) - min(windows)) / (sum(tokens) / wall),
+        "warmup_s": warm_s,
+        "warmup_steps": len(warm),
         "timed_s": wall,
-        "steps": steps,
+        "steps": len(timed),
+        "tokens_per_step": sum(tokens) / len(timed),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
 
 
-def naive(shape: str, exs: list[chat.Encoded], pad: int, warmup: int, steps: int) -> dict:
+def naive_batches(exs: list[chat.Encoded], steps: int) -> list[list[chat.Encoded]]:
+    order = stream(exs, math.ceil(4 * steps / len(exs)))
+    return [order[i : i + 4] for i in range(0, 4 * steps, 4)]
+
+
+def naive(shape: str, exs: list[chat.Encoded], pad: int, barrier: Any) -> dict:
     """(a) the guide's loop: padded batches of 4, logits everywhere, the model's own loss."""
     model = with_lora(base_model(shape, "sdpa", torch.bfloat16))
     opt, flops = adamw(model), Flops(shape)
-    order = random.Random(0).sample(exs, len(exs))
-    batches = [order[i : i + 4] for i in range(0, len(order) - 3, 4)]
+    warmup, steps = STEPS["a"]
+    batches = naive_batches(exs, warmup + steps)
 
     def step(batch: list[chat.Encoded]) -> tuple[int, float]:
         width = max(len(e.input_ids) for e in batch)
@@ -192,21 +240,26 @@ def naive(shape: str, exs: list[chat.Encoded], pad: int, warmup: int, steps: int
         real = sum(len(e.input_ids) for e in batch)
         return real, flops.done(4 * width, 4 * width, 4 * width * width)
 
-    return measure(step, batches, warmup, steps)
+    return measure(step, batches[:warmup], batches[warmup:], barrier)
 
 
-def hf_packed(shape: str, exs: list[chat.Encoded], warmup: int, steps: int) -> dict:
+def packed_batches(exs: list[chat.Encoded], steps: int) -> list[tuple[Any, Any]]:
+    """Micro batches of 4 rows of 4096 tokens, conversations end to end."""
+    order = stream(exs, math.ceil(steps * 4 * 4096 / sum(len(e.input_ids) for e in exs)) + 1)
+    ids = torch.tensor([t for e in order for t in e.input_ids][: steps * 4 * 4096])
+    labels = torch.tensor([t for e in order for t in e.labels][: steps * 4 * 4096])
+    rows, targets = ids.view(steps * 4, 4096), labels.view(steps * 4, 4096)
+    return [(rows[i : i + 4], targets[i : i + 4]) for i in range(0, steps * 4, 4)]
+
+
+def hf_packed(shape: str, exs: list[chat.Encoded], barrier: Any) -> dict:
     """(b) rows of 4096 tokens filled end to end, 4 per micro batch, compiled, one causal mask
     over the whole row (conversations see each other)."""
     model = with_lora(base_model(shape, "sdpa", torch.bfloat16))
     model.compile()
     opt, flops = adamw(model), Flops(shape)
-    ids = [t for e in random.Random(0).sample(exs, len(exs)) for t in e.input_ids]
-    labels = [t for e in random.Random(0).sample(exs, len(exs)) for t in e.labels]
-    n = len(ids) // 4096
-    rows = torch.tensor(ids[: n * 4096]).view(n, 4096)
-    targets = torch.tensor(labels[: n * 4096]).view(n, 4096)
-    batches = [(rows[i : i + 4], targets[i : i + 4]) for i in range(0, n - 3, 4)]
+    warmup, steps = STEPS["b"]
+    batches = packed_batches(exs, warmup + steps)
 
     def step(batch: tuple[Any, Any]) -> tuple[int, float]:
         x, y = (t.pin_memory().cuda(non_blocking=True) for t in batch)
@@ -216,32 +269,77 @@ def hf_packed(shape: str, exs: list[chat.Encoded], warmup: int, steps: int) -> d
         opt.zero_grad(set_to_none=True)
         return x.numel(), flops.done(x.numel(), x.numel(), 4 * 4096 * 4097 // 2)
 
-    return measure(step, batches, warmup, steps)
+    return measure(step, batches[:warmup], batches[warmup:], barrier)
+
+
+def meshtune_groups(
+    exs: list[chat.Encoded], seq_len: int, rows_per_micro: int, per_step: int, steps: int
+) -> list[list[Any]]:
+    """`steps` optimizer steps of `per_step` micro batches of `rows_per_micro` rows each, packed
+    from the stream of epochs (every step its own conversations, no partial last row)."""
+    from meshtune.train.packing import micro_batches, pack
+
+    size = rows_per_micro * per_step
+    epochs = 1
+    while len(rows := pack(stream(exs, epochs), seq_len, True, None, share=False)) <= size * steps:
+        epochs += 1
+    return [
+        micro_batches(rows[i : i + size], rows_per_micro, share=False)
+        for i in range(0, size * steps, size)
+    ]
+
+
+def shapes(group: list[Any], world: int, budget: int) -> set[tuple[int, int]]:
+    """(process, padded length) of every micro batch the processes compute for this step."""
+    from meshtune.train.loss import padded_length
+    from meshtune.train.packing import join
+
+    return {
+        (rank, padded_length(len(b.input_ids)))
+        for rank in range(world)
+        for b in join(group[rank::world], budget)
+    }
+
+
+def warm_and_timed(
+    groups: list[list[Any]], warmup: int, world: int, budget: int
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The first `warmup` steps, and after them any timed step whose padded shapes (on any
+    process) they have not compiled yet; then the timed steps."""
+    warm, timed = groups[:warmup], groups[warmup:]
+    seen = set().union(*(shapes(g, world, budget) for g in warm))
+    for g in timed:
+        if not shapes(g, world, budget) <= seen:
+            warm.append(g)
+            seen |= shapes(g, world, budget)
+    return warm, timed
 
 
 def meshtune_step(
     shape: str,
     exs: list[chat.Encoded],
+    leg: str,
     seq_len: int,
-    rows_per_step: int,
+    rows_per_micro: int,
+    per_step: int,
     budget: int,
-    warmup: int,
-    steps: int,
+    barrier: Any,
     dtype: Any = torch.bfloat16,
+    profile: Path | None = None,
 ) -> dict:
     """(c), (d): meshtune's own training step (`Trainer.train_step`) on the CUDA engine."""
     from accelerate import Accelerator
 
     from meshtune.train.attention import DOCUMENT_ATTENTION, register_document_attention
     from meshtune.train.loop import Engine, Trainer
-    from meshtune.train.packing import micro_batches, pack
+    from meshtune.train.loss import packed_causal_lm, padded_length
     from meshtune.train.plan import CUDA_ENGINE
 
     register_document_attention()
     accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "fp16")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    assert per_step % world == 0, "every process takes the same number of micro batches"
     peft = with_lora(base_model(shape, DOCUMENT_ATTENTION, dtype))
-    from meshtune.train.loss import packed_causal_lm
-
     engine = Engine(CUDA_ENGINE, packed_causal_lm(peft), budget, 10)
     opt = adamw(peft)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -262,46 +360,56 @@ def meshtune_step(
         say=print,
     )
     flops = Flops(shape)
-    rows = pack(exs, seq_len, True, 0, share=False)
-    # the same global batch on any number of processes: each takes its share of the step's rows
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_process = math.ceil(rows_per_step / world)
-    groups = [
-        micro_batches(rows[i : i + rows_per_step], per_process, share=False)
-        for i in range(0, len(rows) - rows_per_step + 1, rows_per_step)
-    ]
+    warmup, steps = STEPS[leg]
+    groups = meshtune_groups(exs, seq_len, rows_per_micro, per_step, warmup + steps)
+    warm, timed = warm_and_timed(groups, warmup, world, budget)
     losses: list[Any] = []
 
     def step(group: list[Any]) -> tuple[int, float]:
         mine = group[rank::world]
         losses.append(trainer.train_step(group, mine))
         joined = engine.batches(mine)
-        positions = sum(
-            math.ceil(len(b.input_ids) / engine.quantum) * engine.quantum for b in joined
-        )
+        positions = sum(padded_length(len(b.input_ids)) for b in joined)
         pairs = sum((e - s) * (e - s + 1) // 2 for b in mine for s, e, _, _ in b.segments)
         # tokens of the whole step (all processes); FLOPs of this process's share, times world
         return sum(b.tokens for b in group), world * flops.done(
             positions, sum(b.trained for b in mine), pairs
         )
 
-    result = measure(step, groups, warmup, steps)
+    result = measure(step, warm, timed, barrier)
     result["token_budget"] = budget
-    result["first_losses"] = [round(x, 4) for x in torch.stack(losses[:5]).tolist()]
+    result["micro_batches_per_step"] = per_step
+    result["padded_lengths"] = sorted({n for g in groups for _, n in shapes(g, world, budget)})
+    result["losses"] = [round(x, 5) for x in torch.stack(losses).tolist()]
+    if profile:
+        with torch.profiler.profile() as prof:
+            step(timed[0])
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+        profile.write_text(table + "\n")
     return result
 
 
-def leg_runs(
-    shape: str, exs: list[chat.Encoded], pad: int, budget: int, steps: int
-) -> dict[str, Any]:
-    return {
-        "a_naive_padded_4": lambda: naive(shape, exs, pad, 3, steps),
-        "b_hf_packed_4x4096_compiled": lambda: hf_packed(shape, exs, 5, steps),
-        "c_meshtune_token_budget": lambda: meshtune_step(
-            shape, exs, 4096, budget // 4096, budget, 10, steps
-        ),
-        "d_meshtune_v2_micro_batch": lambda: meshtune_step(shape, exs, 512, 4, 2048, 25, steps * 4),
-    }
+def leg_result(
+    shape: str, leg: str, exs: list[chat.Encoded], pad: int, budget: int, barrier: Any, args: Any
+) -> dict:
+    if leg == "a":
+        return naive(shape, exs, pad, barrier)
+    if leg == "b":
+        return hf_packed(shape, exs, barrier)
+    if leg == "c":
+        return meshtune_step(
+            shape,
+            exs,
+            "c",
+            4096,
+            budget // 4096,
+            STEP_MICRO_BATCHES,
+            budget,
+            barrier,
+            profile=args.profile if shape == "llama-3.2-1b" else None,
+        )
+    return meshtune_step(shape, exs, "d", 512, 4, 1, budget, barrier)
 
 
 def free() -> None:
@@ -309,96 +417,245 @@ def free() -> None:
     torch.cuda.empty_cache()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tokenizer", type=Path, required=True)
-    parser.add_argument("--shapes", default="llama-3.2-1b,smollm2-135m")
-    parser.add_argument("--legs", default="a,b,c,d")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--fp16-cap-gib", type=float, help="only the fp16 path, memory capped")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    from accelerate import PartialState
+def parse_legs(text: str) -> dict[str, str]:
+    """'llama-3.2-1b:abcd,smollm2-135m:ac' -> {shape: legs}."""
+    out = {}
+    for item in text.split(","):
+        shape, _, legs = item.partition(":")
+        if shape not in SHAPES or not legs or set(legs) - set(LEGS):
+            raise SystemExit(
+                f"--legs: {item!r} is not SHAPE:LEGS (shapes {list(SHAPES)}, legs abcd)"
+            )
+        out[shape] = legs
+    return out
 
-    process = PartialState()  # under `accelerate launch`: one process per GPU, device set
-    torch.cuda.set_device(process.local_process_index)
-    from transformers import AutoTokenizer
 
+def dry(args: Any, tokenizers: dict[str, Any], legs: dict[str, str]) -> None:
+    """What each leg would run, without a GPU: steps, tokens per step, padded lengths."""
     from meshtune.train.plan import token_budget
 
-    # the 1B shape under Llama-3's template, the 135M shape under its own (ChatML)
-    tokenizers = {
-        "llama-3.2-1b": llama3_tokenizer(args.tokenizer),
-        "smollm2-135m": AutoTokenizer.from_pretrained(args.tokenizer),
-    }
-    exs = examples(tokenizers["llama-3.2-1b"], 4096)
-    if args.fp16_cap_gib:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(args.fp16_cap_gib * 2**30 / total)
-        shape = "llama-3.2-1b"
-        weights = Flops(shape).total_params * 2
-        budget = token_budget(SHAPES[shape], 4096, int(args.fp16_cap_gib * 2**30 - weights))
-        r = meshtune_step(
-            shape, exs, 4096, max(1, budget // 4096), budget, 3, args.steps, torch.float16
-        )
-        print(json.dumps({"fp16_capped": {"cap_gib": args.fp16_cap_gib, **r}}), flush=True)
-        return
-    peak = peak_tflops()
+    for shape, letters in legs.items():
+        exs = examples(tokenizers[shape], 4096)
+        budget = token_budget(SHAPES[shape], 4096, int(args.dry_free_gib * 2**30))
+        print(f"{shape}: {len(exs)} conversations, {sum(len(e.input_ids) for e in exs):,} tokens")
+        for leg in letters:
+            warmup, steps = STEPS[leg]
+            if leg == "a":
+                batches = naive_batches(exs, warmup + steps)
+                per = [sum(len(e.input_ids) for e in b) for b in batches]
+                print(f"  (a) {len(batches)} steps, {sum(per) / len(per):.0f} tokens per step")
+            elif leg == "b":
+                print(f"  (b) {len(packed_batches(exs, warmup + steps))} steps of 16,384 tokens")
+            else:
+                rows, per_step, seq = (budget // 4096, STEP_MICRO_BATCHES, 4096)
+                if leg == "d":
+                    rows, per_step, seq = 4, 1, 512
+                groups = meshtune_groups(exs, seq, rows, per_step, warmup + steps)
+                for world in (1, 2) if leg == "c" else (1,):
+                    warm, timed = warm_and_timed(groups, warmup, world, budget)
+                    tokens = [sum(b.tokens for b in g) for g in timed]
+                    lengths = sorted({n for g in groups for _, n in shapes(g, world, budget)})
+                    print(
+                        f"  ({leg}) {world} process(es): budget {budget:,}, {len(warm)} warm-up "
+                        f"+ {len(timed)} timed steps of {sum(tokens) / len(tokens):,.0f} tokens, "
+                        f"padded lengths {lengths}"
+                    )
+
+
+def header(process: Any) -> dict[str, Any]:
+    import accelerate
+    import peft
+    import transformers
+
     commit = (
         os.environ.get("MESHTUNE_COMMIT")
         or subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip()
     )
-    import peft
-    import transformers
-
-    out: dict[str, Any] = {
+    return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
         "commit": commit,
-        "peak_bf16_tflops_measured": round(peak, 1),
-        "conversations": len(exs),
-        "tokens_llama3_template": sum(len(e.input_ids) for e in exs),
-        "trained_tokens_llama3_template": sum(e.trained for e in exs),
-        "shapes": {},
+        "processes": process.num_processes,
     }
-    legs = args.legs.split(",")
-    for shape in args.shapes.split(","):
-        flops = Flops(shape)
-        tokenizer = tokenizers[shape]
-        exs = examples(tokenizer, 4096)
-        results: dict[str, Any] = {}
-        runs = leg_runs(
-            shape, exs, tokenizer.pad_token_id, token_budget(SHAPES[shape], 4096), args.steps
-        )
-        for name, leg in runs.items():
-            if name[0] not in legs:
-                continue
-            r = leg()
-            free()
-            gpus_peak = peak * 1e12 * process.num_processes
-            r["mfu"] = 4 * flops.total_params * r["tokens_per_s"] / gpus_peak
-            r["hfu"] = r.pop("flops_per_s") / gpus_peak
-            results[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-            if process.is_main_process:
-                print(shape, name, json.dumps(results[name]), flush=True)
-        for name, r in results.items():
-            for ref in ("a_naive_padded_4", "b_hf_packed_4x4096_compiled"):
-                if ref in results and name != ref:
-                    r[f"x_{ref[0]}"] = round(r["tokens_per_s"] / results[ref]["tokens_per_s"], 2)
-        out["shapes"][shape] = {"params": flops.total_params, **results}
-        if args.out and process.is_main_process:  # a run cut short keeps what it measured
-            args.out.write_text(json.dumps(out, indent=1) + "\n")
-    out["processes"] = process.num_processes
-    if process.is_main_process:
-        print(json.dumps(out, indent=1))
+
+
+def rounded(r: dict[str, Any]) -> dict[str, Any]:
+    def one(v: Any) -> Any:
+        return round(v, 4) if isinstance(v, float) else v
+
+    return {k: [one(x) for x in v] if isinstance(v, list) else one(v) for k, v in r.items()}
+
+
+def fp16_capped(args: Any, tokenizers: dict[str, Any], process: Any) -> dict[str, Any]:
+    """The T4 path: fp16 with loss scaling, the 1B shape, memory capped at `--fp16-cap-gib`."""
+    from meshtune.train.plan import token_budget
+
+    free()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(args.fp16_cap_gib * 2**30 / total)
+    shape = "llama-3.2-1b"
+    weights = Flops(shape).total_params * 2
+    budget = token_budget(SHAPES[shape], 4096, int(args.fp16_cap_gib * 2**30 - weights))
+    exs = examples(tokenizers[shape], 4096)
+    r = meshtune_step(
+        shape,
+        exs,
+        "c",
+        4096,
+        max(1, budget // 4096),
+        STEP_MICRO_BATCHES,
+        budget,
+        process.wait_for_everyone,
+        torch.float16,
+    )
+    r["mfu"] = 4 * Flops(shape).total_params * r["tokens_per_s"] / (args.peak * 1e12)
+    r.pop("flops_per_s")
+    return {"cap_gib": args.fp16_cap_gib, **rounded(r)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokenizer", type=Path, help="SmolLM2's tokenizer folder")
+    parser.add_argument("--legs", default="llama-3.2-1b:abcd,smollm2-135m:ac")
+    parser.add_argument("--fp16-cap-gib", type=float, help="only the fp16 path, memory capped")
+    parser.add_argument("--profile", type=Path, help="(c), 1B shape: one step's kernel table")
+    parser.add_argument("--dry", action="store_true", help="no GPU: what each leg would run")
+    parser.add_argument("--dry-free-gib", type=float, default=139.0)
+    parser.add_argument("--combine", type=Path, nargs="+", help="one-GPU, two-GPU, fp16 JSON")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.combine:
+        out = combine([json.loads(f.read_text()) for f in args.combine if f.is_file()])
+        print(json.dumps(out["targets"], indent=1))
         if args.out:
             args.out.write_text(json.dumps(out, indent=1) + "\n")
+        return
+    if args.tokenizer is None:
+        raise SystemExit("--tokenizer DIR is needed")
+    legs = parse_legs(args.legs)
+    from transformers import AutoTokenizer
+
+    # the 1B shape under Llama-3's template, the 135M shape under its own (ChatML)
+    tokenizers = {
+        "llama-3.2-1b": llama3_tokenizer(args.tokenizer),
+        "smollm2-135m": AutoTokenizer.from_pretrained(args.tokenizer),
+    }
+    if args.dry:
+        dry(args, tokenizers, legs)
+        return
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    from accelerate import PartialState
+
+    process = PartialState()  # under `accelerate launch`: one process per GPU
+    torch.cuda.set_device(process.local_process_index)
+    out = header(process)
+    args.peak = peak_tflops()
+    out["peak_bf16_tflops_measured"] = round(args.peak, 1)
+    if args.fp16_cap_gib:
+        out["fp16_capped"] = fp16_capped(args, tokenizers, process)
+        print(json.dumps(out["fp16_capped"]), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
+        return
+    from meshtune.train.plan import token_budget
+
+    exs = {shape: examples(tokenizers[shape], 4096) for shape in legs}
+    big = exs.get("llama-3.2-1b") or exs[next(iter(exs))]
+    out["conversations"] = len(big)
+    out["tokens_llama3_template"] = sum(len(e.input_ids) for e in big)
+    out["trained_tokens_llama3_template"] = sum(e.trained for e in big)
+    out["shapes"] = {s: {"params": Flops(s).total_params} for s in legs}
+    budgets = {s: token_budget(SHAPES[s], 4096) for s in legs}  # before any model is loaded
+    for letter in "abcd":  # (a) first: nothing else runs yet
+        for shape in [s for s, letters in legs.items() if letter in letters]:
+            pad = tokenizers[shape].pad_token_id
+            r = leg_result(
+                shape, letter, exs[shape], pad, budgets[shape], process.wait_for_everyone, args
+            )
+            free()
+            gpus_peak = args.peak * 1e12 * process.num_processes
+            r["mfu"] = 4 * Flops(shape).total_params * r["tokens_per_s"] / gpus_peak
+            r["hfu"] = r.pop("flops_per_s") / gpus_peak
+            results = out["shapes"][shape]
+            results[LEGS[letter]] = rounded(r)
+            for name, result in results.items():
+                for ref, key in ((A, "x_a"), (B, "x_b")):
+                    if isinstance(result, dict) and ref in results and name != ref:
+                        result[key] = round(
+                            result["tokens_per_s"] / results[ref]["tokens_per_s"], 2
+                        )
+            if process.is_main_process:
+                print(shape, LEGS[letter], json.dumps(results[LEGS[letter]]), flush=True)
+                if args.out:  # after every leg: a run cut short keeps what it measured
+                    args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one-GPU run with the two-GPU run and the fp16 run beside it, and the targets."""
+    one = next(p for p in parts if p.get("processes") == 1 and "shapes" in p)
+    out = dict(one)
+    reference = one["shapes"].get("llama-3.2-1b", {}).get(C)
+    for p in parts:
+        if "fp16_capped" in p:
+            out["fp16_capped"] = {"date": p["date"], "commit": p["commit"], **p["fp16_capped"]}
+        if p.get("processes", 1) > 1 and reference:
+            two = p["shapes"]["llama-3.2-1b"][C]
+            # steps beyond the common warm-up are the same steps only if both warmed up alike
+            common = min(STEPS["c"][0], len(two["losses"]))
+            if two["warmup_steps"] == reference["warmup_steps"]:
+                common = min(len(two["losses"]), len(reference["losses"]))
+            pairs = list(zip(two["losses"][:common], reference["losses"][:common], strict=True))
+            out["two_gpus"] = {
+                "date": p["date"],
+                "commit": p["commit"],
+                "processes": p["processes"],
+                **two,
+                "x_one_gpu": round(two["tokens_per_s"] / reference["tokens_per_s"], 3),
+                "losses_compared": len(pairs),
+                "max_relative_loss_difference": max(abs(a - b) / abs(b) for a, b in pairs),
+            }
+    out["targets"] = targets(out)
+    return out
+
+
+def targets(out: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    big = out["shapes"].get("llama-3.2-1b", {})
+    small = out["shapes"].get("smollm2-135m", {})
+    c, two, fp16 = big.get(C, {}), out.get("two_gpus", {}), out.get("fp16_capped", {})
+    rows: dict[str, Any] = {}
+
+    def at_least(name: str, value: float | None, goal: float) -> None:
+        rows[name] = {
+            "value": value,
+            "goal": f">= {goal:g}",
+            "met": value is not None and value >= goal,
+        }
+
+    at_least("1b_c_over_b", c.get("x_b"), 1.5)
+    at_least("1b_c_over_a", c.get("x_a"), 40)
+    at_least("1b_c_mfu", c.get("mfu"), 0.45)
+    at_least("135m_c_tokens_per_s", small.get(C, {}).get("tokens_per_s"), 100_000)
+    at_least("two_gpus_x_one_gpu", two.get("x_one_gpu"), 1.8)
+    loss_gap = two.get("max_relative_loss_difference")
+    rows["two_gpus_same_losses"] = {
+        "value": loss_gap,
+        "goal": "<= 0.001 relative, every compared step",
+        "met": loss_gap is not None and loss_gap <= 1e-3,
+    }
+    finite = bool(fp16.get("losses")) and all(math.isfinite(x) for x in fp16["losses"])
+    rows["fp16_capped_trains"] = {
+        "value": fp16.get("peak_gib"),
+        "goal": f"peak <= {fp16.get('cap_gib')} GiB, finite losses",
+        "met": finite and fp16.get("peak_gib", math.inf) <= fp16.get("cap_gib", 0),
+    }
+    return rows
 
 
 if __name__ == "__main__":
