@@ -524,6 +524,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, help="SmolLM2's tokenizer folder")
     parser.add_argument("--legs", default="llama-3.2-1b:abcd,smollm2-135m:ac")
     parser.add_argument("--fp16-cap-gib", type=float, help="only the fp16 path, memory capped")
+    parser.add_argument(
+        "--steps", action="append", default=[], help="LEG=WARMUP,TIMED, e.g. a=30,150"
+    )
     parser.add_argument("--profile", type=Path, help="(c), 1B shape: one step's kernel table")
     parser.add_argument("--dry", action="store_true", help="no GPU: what each leg would run")
     parser.add_argument("--dry-free-gib", type=float, default=139.0)
@@ -539,6 +542,9 @@ def main() -> None:
     if args.tokenizer is None:
         raise SystemExit("--tokenizer DIR is needed")
     legs = parse_legs(args.legs)
+    for item in args.steps:
+        leg, _, counts = item.partition("=")
+        STEPS[leg] = tuple(int(n) for n in counts.split(","))
     from transformers import AutoTokenizer
 
     # the 1B shape under Llama-3's template, the 135M shape under its own (ChatML)
