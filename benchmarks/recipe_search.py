@@ -10,8 +10,10 @@ finished variants.
     python benchmarks/recipe_search.py --out results.json \
         base: lr2e-3:learning_rate=0.002 r64:lora_r=64,lora_alpha=128
 
-The training steps are the recipe's own on any machine (the CUDA engine joins a step's micro
-batches, it does not change them), so a variant's numbers found on a GPU carry to the CPU.
+Mind the engine: the CPU packs rows by computed length (shared system prompts counted once), the
+CUDA engine by full length, so the same recipe takes different optimizer steps on each (123 and
+472 for the embedded recipe; `meshtune plan` says which). A GPU search ranks variants under
+its own steps; the shipped CPU recipe is confirmed on the CPU.
 """
 
 import argparse
