@@ -16,6 +16,7 @@ from meshtune import data as data_mod
 from meshtune.commands import load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
+from meshtune.rundir import PipelineResult, RunDir, TrainSummary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -220,17 +221,18 @@ def train_cmd(
     _check_base_model(loaded.recipe.base_model, required=True)
     _on_interrupt(lambda: _train_kept(run))
     summary = train(loaded, Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback))
-    if not summary:  # not the main process of a multi-process run
+    if summary is None:  # not the main process of a multi-process run
         return
-    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
-    losses = (
-        f"eval loss {before:.4f} -> {after:.4f}, "
-        if before is not None and after is not None
-        else ""
-    )
-    typer.echo(
-        f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, {losses}"
-        f"{summary['tokens_per_s']:.0f} tokens/s; best adapter: {run / summary['best_adapter']}"
+    typer.echo(train_line(summary, run))
+
+
+def train_line(summary: TrainSummary, run: Path) -> str:
+    """`meshtune train`'s last line; the eval losses only when the run held data out."""
+    losses = summary.eval_losses(4)
+    return (
+        f"done: {summary.steps} steps in {summary.wall_time_s:.0f} s, "
+        + (f"{losses}, " if losses else "")
+        + f"{summary.tokens_per_s or 0:.0f} tokens/s; best adapter: {run / summary.best_adapter}"
     )
 
 
@@ -408,7 +410,7 @@ def _check_base_model(name: str, required: bool) -> None:
 
 
 def _train_kept(run: Path) -> str:
-    steps = sorted((run / "checkpoints").glob("step-*"))
+    steps = sorted(RunDir(run).checkpoints.glob("step-*"))
     if steps:
         return f"kept the last checkpoint, {steps[-1]} (continue with --resume)"
     return f"no checkpoint was written yet; {run} has what was finished before the stop"
@@ -420,8 +422,8 @@ def _slug(text: str) -> str:
 
 def _eval_dir(model: str, suite: str, profile: str) -> Path:
     name = _slug(f"{Path(suite).stem}-{profile}")
-    if (Path(model) / "train_summary.json").is_file():
-        return Path(model) / "eval" / name
+    if RunDir(Path(model)).is_trained():
+        return RunDir(Path(model)).eval / name
     return Path("out/eval") / _slug(f"{Path(model).stem}-{name}")
 
 
@@ -700,20 +702,25 @@ def run_cmd(
         bot=bot,
         persona=persona,
     )
-    train, comparison = result["train"], result.get("comparison")
-    if comparison:  # the same view as `meshtune eval --compare`
-        typer.echo((Path(result["run_dir"]) / "eval" / "compare.md").read_text(encoding="utf-8"))
-    typer.echo(f"== done: {result['run_dir']}")
-    typer.echo(
-        f"train: {train['steps']} steps in {train['wall_time_s']:.0f} s, eval loss "
-        f"{train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
-    )
-    typer.echo(
-        (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
-        + f"tuned {result['verdict']} (reports in {result['run_dir']}/eval)"
-    )
-    if not result["ready"]:
+    if result.comparison:  # the same view as `meshtune eval --compare`
+        typer.echo((RunDir(Path(result.run_dir)).eval / "compare.md").read_text(encoding="utf-8"))
+    for line in run_lines(result):
+        typer.echo(line)
+    if not result.ready:
         raise typer.Exit(1)
+
+
+def run_lines(result: PipelineResult) -> list[str]:
+    """`meshtune run`'s closing lines; a run with no held-out set has no eval losses to show."""
+    train = TrainSummary.from_dict(result.train)
+    losses = train.eval_losses(3) or "no held-out set (val_set_size 0)"
+    comparison = result.comparison
+    return [
+        f"== done: {result.run_dir}",
+        f"train: {train.steps} steps in {train.wall_time_s:.0f} s, {losses}",
+        (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
+        + f"tuned {result.verdict} (reports in {result.run_dir}/eval)",
+    ]
 
 
 # ---------------------------------------------------------------- the error boundary
