@@ -27,7 +27,7 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.profiles import Profile, build_request, get_profile
-from meshtune.evaluate.suite import Item
+from meshtune.suites import Item
 
 RELAY = Item(id="relay", prompt="How do I relay to alice?")
 

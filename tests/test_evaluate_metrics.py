@@ -5,7 +5,7 @@ import pytest
 
 from meshtune.commands import load_registry
 from meshtune.evaluate import metrics
-from meshtune.evaluate.suite import Item
+from meshtune.suites import Item
 
 REG = load_registry()
 V1_LOOP = " ".join(["/optout prevents others from relaying to you."] * 6)

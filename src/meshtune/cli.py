@@ -552,7 +552,7 @@ def modelfile_check(
 
     Exit code 0: no errors; 1: errors; 2: the file cannot be read at all.
     """
-    from meshtune import modelfile
+    from meshtune.export import modelfile
 
     _quiet_transformers()
     findings = modelfile.check(file, gguf, load_registry(registry))
@@ -598,7 +598,7 @@ def deploy_cmd(
     from meshtune import export
 
     if to is not None:
-        from meshtune.remote import deploy_remote
+        from meshtune.export.remote import deploy_remote
 
         done = deploy_remote(
             run,

@@ -67,9 +67,7 @@ def run(
     base = loaded.recipe.base_model
     if _runs_in_llama_cpp(base):  # the baseline the training must beat
         evaluate(base, suite, out=out / "base", **asked)
-        result.comparison = compare(
-            str(out / "base"), str(out / "tuned"), suite, out=out
-        ).to_dict()
+        result.comparison = compare(str(out / "base"), str(out / "tuned"), suite, out=out).to_dict()
     result.save(RunDir(run_dir).run_record)
     return result
 

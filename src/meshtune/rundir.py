@@ -178,7 +178,7 @@ class TrainSummary(_Record):
     plan: dict[str, Any] = field(default_factory=dict)
 
     def eval_losses(self, digits: int) -> str | None:
-        """"eval loss A -> B", or None when the run had no held-out set to measure."""
+        """ "eval loss A -> B", or None when the run had no held-out set to measure."""
         before, after = self.eval_loss_before, self.eval_loss_after
         if before is None or after is None:
             return None
@@ -245,7 +245,9 @@ class Verification:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Verification":
         checks = [
-            Check(str(c.get("name", "")), c.get("ok"), str(c.get("detail", "")), c.get("data") or {})
+            Check(
+                str(c.get("name", "")), c.get("ok"), str(c.get("detail", "")), c.get("data") or {}
+            )
             for c in data.get("checks") or []
             if isinstance(c, dict)
         ]
@@ -329,9 +331,7 @@ def load_trained(run_dir: str | Path) -> Trained:
         base_model=str(base),
         adapter=adapter,
         family=summary.family,
-        system_prompt=summary.system_prompt
-        or recipe.get("system_prompt")
-        or DEFAULT_SYSTEM_PROMPT,
+        system_prompt=summary.system_prompt or recipe.get("system_prompt") or DEFAULT_SYSTEM_PROMPT,
         ollama=run.ollama_overrides(),
     )
 

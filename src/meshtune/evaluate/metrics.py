@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshtune.commands import Registry
-from meshtune.evaluate.suite import Item, matches
 from meshtune.meshmaster import split_chunks
+from meshtune.suites import Item, matches
 
 # Loop detector thresholds. A reply loops when any of these holds:
 LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...

@@ -30,8 +30,6 @@ from meshtune.recipe import LoadedRecipe, Recipe, dump_recipe
 from meshtune.rundir import RunDir, TrainSummary
 from meshtune.train import model as models
 from meshtune.train.loss import micro_loss, packed_causal_lm, to_device
-from meshtune.train.packing import EMPTY, Batch, join, micro_batches, pack
-from meshtune.train.plan import CPU_ENGINE, CUDA_ENGINE, Plan, plan_examples, tokenize
 from meshtune.train.outputs import (
     MetricsLog,
     check_run_dir,
@@ -42,6 +40,8 @@ from meshtune.train.outputs import (
     save_adapter,
     save_checkpoint,
 )
+from meshtune.train.packing import EMPTY, Batch, join, micro_batches, pack
+from meshtune.train.plan import CPU_ENGINE, CUDA_ENGINE, Plan, plan_examples, tokenize
 from meshtune.train.state import TrainState
 
 CUDA_LOG_EVERY = 10  # steps between reads of the loss from the GPU (each read waits for it)
