@@ -27,6 +27,7 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.profiles import Profile, build_request, get_profile
+from meshtune.rundir import ExportInfo, RunDir
 from meshtune.suites import Item
 
 RELAY = Item(id="relay", prompt="How do I relay to alice?")
@@ -126,7 +127,7 @@ def test_run_dir_resolves_to_base_plus_best_adapter_with_its_system_prompt(tmp_p
     (run / "n.gguf").symlink_to(models.embedded_gguf())
     with pytest.raises(MeshtuneError, match="several GGUF files"):
         resolve_model(str(run))
-    (run / "export.json").write_text(json.dumps({"gguf": "n.gguf"}))  # the latest export's
+    ExportInfo(gguf="n.gguf").save(RunDir(run).export_info)  # the latest export's
     assert resolve_model(str(run)).gguf == run / "n.gguf"
 
 

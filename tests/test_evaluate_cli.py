@@ -5,6 +5,7 @@ import json
 
 import pytest
 from tests.conftest import rows_file
+from tests.tiny import write_summary
 
 from meshtune import models
 from meshtune.evaluate import evaluate
@@ -163,10 +164,7 @@ def test_bad_input_is_a_one_line_error_with_exit_2(cli, tmp_path, args, message)
 
 def test_run_dir_with_gguf_is_evaluated_through_llamacpp_with_the_runs_system_prompt(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "train_summary.json").write_text(
-        json.dumps({"base_model": "smollm2-135m", "system_prompt": "You are a terse mesh bot."})
-    )
+    write_summary(run, "smollm2-135m", system_prompt="You are a terse mesh bot.")
     (run / "model.gguf").symlink_to(models.embedded_gguf())
     suite = rows_file(tmp_path, [{"id": "a", "prompt": "Say hi"}], "one.jsonl")
     result = evaluate(str(run), str(suite), profile="greedy", out=run / "eval" / "x")

@@ -22,11 +22,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import chat, rows_file, run_main
-from tests.test_export import stand_in_ollama, stopper, tiny_base  # noqa: F401 (fixture)
-from tests.tiny import lora_run
+from tests.conftest import rows_file, run_main
+from tests.tiny import chat_row as chat
+from tests.tiny import lora_run, stand_in_ollama
 
 from meshtune import export, files
+from meshtune.export.gguf import write_gguf
 
 
 def one_line_error(r) -> bool:
@@ -127,7 +128,7 @@ def test_a_dataset_path_that_is_not_text_is_a_one_line_error(cli, tmp_path):
 @pytest.fixture
 def tiny_gguf(tmp_path, tiny_llama) -> Path:
     gguf = tmp_path / "tiny-F32.gguf"
-    export.write_gguf(tiny_llama, gguf, "F32", "tiny")
+    write_gguf(tiny_llama, gguf, "F32", "tiny")
     return gguf
 
 
@@ -233,7 +234,7 @@ def test_export_of_a_damaged_adapter_is_a_one_line_error_and_writes_nothing(
 
 
 @pytest.fixture
-def proved(stopper, tmp_path) -> Path:  # noqa: F811 (the fixture imported above)
+def proved(stopper, tmp_path) -> Path:
     """A copy of an exported run whose proof passed (the stopper model of test_export)."""
     run = tmp_path / "proved"
     shutil.copytree(stopper[0], run)
@@ -258,7 +259,7 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next_export(proved, cl
 def test_deploy_refuses_a_gguf_that_is_not_the_file_verify_json_proved(proved, cli, tmp_path):
     # What an export killed during its proof leaves: the new GGUF in place, the old proof.
     gguf = proved / "stopper-F32.gguf"
-    export.write_gguf(proved / "merged", gguf, "F16", "stopper")
+    write_gguf(proved / "merged", gguf, "F16", "stopper")
     for force in ([], ["--force"]):
         r = cli("deploy", proved, "--name", "mesh-bot", *force)
         assert one_line_error(r), r.err

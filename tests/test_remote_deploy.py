@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import REPO
 
 from meshtune import meshmaster
-from meshtune.export import file_digest, quick_prompts
+from meshtune.export.proof import file_digest, quick_prompts
 
 SSHD = Path("/usr/sbin/sshd")
 RUN = REPO / "reports" / "embedded-cpu-run"  # a real export's Modelfile and verify.json

@@ -595,7 +595,7 @@ def deploy_cmd(
     with --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
     import shlex
 
-    from meshtune import export
+    from meshtune.export.deploy import deploy
 
     if to is not None:
         from meshtune.export.remote import deploy_remote
@@ -621,7 +621,7 @@ def deploy_cmd(
             typer.echo(f"restarted {done.restarted}")
         return
 
-    result = export.deploy(run, name, mesh_master_config, force)
+    result = deploy(run, name, mesh_master_config, force)
     command = shlex.join(result.command)
     if result.ran:
         typer.echo(f"ran: {command}")

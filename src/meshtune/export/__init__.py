@@ -22,7 +22,7 @@ from pathlib import Path
 from meshtune import ollama
 from meshtune.errors import MeshtuneError
 from meshtune.export import modelfile
-from meshtune.export.deploy import check_name, default_name, deploy
+from meshtune.export.deploy import check_name, default_name
 from meshtune.export.gguf import QUANTS, write_gguf
 from meshtune.export.merge import merge
 from meshtune.export.proof import verify
@@ -30,7 +30,7 @@ from meshtune.files import remove_stale_temps, write_text
 from meshtune.meshmaster import OPTIONS
 from meshtune.rundir import ExportInfo, RunDir, Verification, load_trained
 
-__all__ = ["QUANTS", "check_name", "deploy", "export", "verify"]
+__all__ = ["QUANTS", "check_name", "export", "verify"]
 
 
 def export(
