@@ -154,15 +154,12 @@ def test_a_written_modelfile_reads_back_to_what_was_written(smol_tokenizer):
     assert set(params) <= set(ollama.PARAMETERS)
 
 
-def test_the_v2_sampling_values_and_a_reply_sized_num_predict_are_the_defaults():
-    assert ollama.DEFAULT_PARAMETERS == {
-        "temperature": 0.5,
-        "repeat_penalty": 1.15,
-        "top_p": 0.85,
-        "top_k": 30,
-        "num_ctx": 2048,
-        "num_predict": 5 * 160 // 4,  # Mesh Master's 5 chunks of 160 bytes at ~4 bytes/token
-    }
+def test_the_defaults_are_the_v2_guides_modelfile_values_with_a_reply_sized_num_predict(real):
+    guide = ollama.read(real / "Modelfile.mesh-master-v2")
+    values = {p.name: p.args for p in guide.parameters if p.name != "stop"}
+    assert {k: str(v) for k, v in ollama.DEFAULT_PARAMETERS.items()} == values
+    # the guide's 200 tokens are Mesh Master's longest reply: 5 chunks of 160 bytes, ~4 bytes/token
+    assert ollama.NUM_PREDICT == 5 * 160 // 4 == int(values["num_predict"])
 
 
 def test_writing_refuses_unknown_parameters_bad_values_and_triple_quotes():

@@ -6,8 +6,8 @@ stable: E1xx are errors (the row cannot be used), W2xx are warnings (the row tra
 guide says it teaches the wrong thing).
 """
 
+import contextlib
 import json
-import os
 import random
 import re
 import statistics
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
+from meshtune.files import atomic
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
 MAX_LINE_BYTES = 1_000_000
@@ -414,6 +415,23 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 
+def canned_replies(answers: Iterable[tuple[str, str]], min_keys: int) -> set[str]:
+    """The normalized replies given to `min_keys` or more different keys (prompts, suite
+    items): `answers` are (reply, key) pairs; an empty reply is never canned."""
+    keys_by_reply: dict[str, set[str]] = defaultdict(set)
+    for reply, key in answers:
+        keys_by_reply[normalize(reply)].add(key)
+    return {r for r, keys in keys_by_reply.items() if r and len(keys) >= min_keys}
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
+
+
 def prompt_key(conv: Conversation) -> str:
     """What the user asked, normalized; a Mesh Master prompt counts by its question."""
     return " | ".join(normalize(question_of(m.content)) for m in conv.prompt if m.role == "user")
@@ -589,31 +607,31 @@ def _lint_duplicates(convs: Sequence[Conversation], path: str) -> Iterator[Issue
 
 
 def _lint_canned(convs: Sequence[Conversation], path: str, limits: LintLimits) -> Iterator[Issue]:
-    prompts_by_reply: dict[str, set[str]] = defaultdict(set)
+    answers = [(reply, prompt_key(conv)) for conv in convs for reply in conv.replies]
+    canned = canned_replies(answers, limits.canned_prompts)
     lines_by_reply: dict[str, list[int]] = defaultdict(list)
+    prompts_by_reply: dict[str, set[str]] = defaultdict(set)
     openings: Counter[str] = Counter()
     first_opening_line: dict[str, int] = {}
-    total = 0
     for conv in convs:
-        key = prompt_key(conv)
         for reply in conv.replies:
             norm = normalize(reply)
-            prompts_by_reply[norm].add(key)
             lines_by_reply[norm].append(conv.line)
+            prompts_by_reply[norm].add(prompt_key(conv))
             op = " ".join(norm.split()[: limits.opening_words])
             openings[op] += 1
             first_opening_line.setdefault(op, conv.line)
-            total += 1
-    for norm, prompts in prompts_by_reply.items():
-        if len(prompts) >= limits.canned_prompts:
-            lines = lines_by_reply[norm]
+    for norm, lines in lines_by_reply.items():
+        if norm in canned:
             yield Issue(
                 "W206",
                 path,
                 lines[0],
-                f"the same reply answers {len(prompts)} different prompts (lines {_few(lines)})",
+                f"the same reply answers {len(prompts_by_reply[norm])} different prompts "
+                f"(lines {_few(lines)})",
                 "write a reply that fits each question",
             )
+    total = len(answers)
     cap = max(limits.opening_count, limits.opening_share * total)
     for op, count in openings.items():
         if op and count > cap:
@@ -663,16 +681,9 @@ def _percentiles(values: Sequence[int]) -> dict[str, float]:
     if not values:
         return {}
     ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
-
     return {
         "min": float(ordered[0]),
-        "p10": pct(10),
-        "p50": pct(50),
-        "p90": pct(90),
-        "p99": pct(99),
+        **{f"p{p}": percentile(ordered, p) for p in (10, 50, 90, 99)},
         "max": float(ordered[-1]),
         "mean": round(statistics.fmean(ordered), 1),
     }
@@ -780,29 +791,14 @@ def to_row(conv: Conversation, fmt: Format) -> dict[str, Any]:
 
 
 def write_jsonl(outputs: Mapping[Path, Iterable[str]]) -> None:
-    """Write each file's lines to a temp file beside it, then rename them all into place, so a
-    failure leaves no half-written output."""
-    temps: dict[Path, Path] = {}
-    where = next(iter(outputs), Path())
-    try:
+    """Write each file's lines, then rename them all into place, so a failure leaves no
+    half-written output."""
+    with contextlib.ExitStack() as stack:
         for path, lines in outputs.items():
-            where = path
-            tmp = temps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp = stack.enter_context(atomic(path, fix="check the folder exists and is writable"))
             with tmp.open("w", encoding="utf-8", newline="\n") as f:
                 for line in lines:
                     f.write(line.rstrip("\r\n") + "\n")
-        for path, tmp in temps.items():
-            where = path
-            os.replace(tmp, path)
-    except BaseException as e:  # interrupted too: no temp file is left behind
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
-        # the error names the output, never the temp file it was being written to
-        raise MeshtuneError(
-            f"{where}: cannot write ({e.strerror}); check the folder exists and is writable"
-        ) from e
 
 
 def dumps(row: dict[str, Any]) -> str:

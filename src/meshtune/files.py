@@ -56,7 +56,9 @@ def real_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic(path: Path, hidden: bool = True, fix: str = "check the folder") -> Iterator[Path]:
+def atomic(
+    path: Path, hidden: bool = True, fix: str = "check the folder", what: str = ""
+) -> Iterator[Path]:
     """The one way meshtune replaces an output: the caller writes a file or a folder at the
     yielded temp path beside `path`; once the block ends without error it replaces `path` (a
     folder there is removed first), otherwise it is removed and `path` is untouched. An OSError
@@ -68,7 +70,9 @@ def atomic(path: Path, hidden: bool = True, fix: str = "check the folder") -> It
             shutil.rmtree(path)
         os.replace(tmp, path)
     except OSError as e:
-        raise MeshtuneError(f"{path}: cannot write ({e.strerror}); {fix}") from e
+        raise MeshtuneError(
+            f"{path}: cannot write{what and ' ' + what} ({e.strerror}); {fix}"
+        ) from e
     finally:
         _remove(tmp)
 
