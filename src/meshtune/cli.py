@@ -303,45 +303,49 @@ def prompt_cmd(
 # ---------------------------------------------------------------- eval
 
 
+EvalModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A run directory, merged HF folder, .gguf file, 'smollm2-135m', or a served "
+        "model's name (with --backend openai|ollama)."
+    ),
+]
+SuiteOpt = Annotated[str, typer.Option(help="A suite JSONL file, or a built-in: quick, mesh.")]
+BackendOpt = Annotated[
+    str | None, typer.Option(help="hf | llamacpp | openai | ollama (default: chosen from MODEL).")
+]
+ProfileOpt = Annotated[str, typer.Option(help="meshmaster | modelfile | no-penalty | greedy.")]
+ReportOpt = Annotated[
+    Path | None, typer.Option(help="Report folder (default: RUN/eval/... or out/eval/...).")
+]
+GateOpt = Annotated[Path | None, typer.Option(help="YAML file overriding the gate's thresholds.")]
+CompareOpt = Annotated[
+    tuple[str, str] | None,
+    typer.Option(help="Evaluate two models (or two report folders) side by side."),
+]
+SystemOpt = Annotated[
+    str | None, typer.Option(help="System prompt (default: the run's, else meshtune's).")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
+]
+
+
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="A run directory, merged HF folder, .gguf file, 'smollm2-135m', or a served "
-            "model's name (with --backend openai|ollama)."
-        ),
-    ] = None,
-    suite: Annotated[
-        str, typer.Option(help="A suite JSONL file, or a built-in: quick, mesh.")
-    ] = "mesh",
-    backend: Annotated[
-        str | None,
-        typer.Option(help="hf | llamacpp | openai | ollama (default: chosen from MODEL)."),
-    ] = None,
-    profile: Annotated[
-        str, typer.Option(help="meshmaster | modelfile | no-penalty | greedy.")
-    ] = "meshmaster",
+    model: EvalModelArg = None,
+    suite: SuiteOpt = "mesh",
+    backend: BackendOpt = None,
+    profile: ProfileOpt = "meshmaster",
     samples: Annotated[int, typer.Option(help="Replies per item for sampled profiles.")] = 3,
-    out: Annotated[
-        Path | None, typer.Option(help="Report folder (default: RUN/eval/... or out/eval/...).")
-    ] = None,
-    gate: Annotated[
-        Path | None, typer.Option(help="YAML file overriding the gate's thresholds.")
-    ] = None,
-    compare: Annotated[
-        tuple[str, str] | None,
-        typer.Option(help="Evaluate two models (or two report folders) side by side."),
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option(help="System prompt (default: the run's, else meshtune's).")
-    ] = None,
+    out: ReportOpt = None,
+    gate: GateOpt = None,
+    compare: CompareOpt = None,
+    system: SystemOpt = None,
     url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
-    ] = None,
+    threads: ThreadsOpt = None,
     registry: RegistryOpt = None,
     mesh_master_config: MeshConfigOpt = None,
     personas: PersonasOpt = None,
@@ -349,7 +353,6 @@ def eval_cmd(
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies."""
-    from meshtune import evaluate as ev
     from meshtune.evaluate.backends import check_url
     from meshtune.meshmaster import load_config
 
@@ -375,25 +378,33 @@ def eval_cmd(
         bot=load_config(mesh_master_config, personas),
         persona=persona,
     )
-    with _progress() as progress:
-        if compare:
-            a, b = compare
-            folder = out or Path("out/compare") / _slug(f"{a}-vs-{b}-{suite}-{profile}")
-            comp = ev.compare(a, b, suite, out=folder, progress=progress, **opts)
-        else:
-            if model is None:
-                raise MeshtuneError("give MODEL, or --compare A B; see `meshtune eval --help`")
-            folder = out or _eval_dir(model, suite, profile)
-            result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
     if compare:
-        from meshtune.evaluate.report import render_comparison
+        _eval_compare(*compare, suite, profile, out, opts)
+    if model is None:
+        raise MeshtuneError("give MODEL, or --compare A B; see `meshtune eval --help`")
+    from meshtune import evaluate as ev
 
-        typer.echo(render_comparison(comp))
-        typer.echo(f"wrote {folder}/compare.md, compare.html")
-        raise typer.Exit(0 if comp.b.ready else 1)
+    folder = out or _eval_dir(model, suite, profile)
+    with _progress() as progress:
+        result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
     _print_verdict(result)
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
+
+
+def _eval_compare(
+    a: str, b: str, suite: str, profile: str, out: Path | None, opts: dict[str, Any]
+) -> None:
+    """`eval --compare A B`: both evaluated (or read back), side by side; exit 0 if B is READY."""
+    from meshtune import evaluate as ev
+    from meshtune.evaluate.report import render_comparison
+
+    folder = out or Path("out/compare") / _slug(f"{a}-vs-{b}-{suite}-{profile}")
+    with _progress() as progress:
+        comp = ev.compare(a, b, suite, out=folder, progress=progress, **opts)
+    typer.echo(render_comparison(comp))
+    typer.echo(f"wrote {folder}/compare.md, compare.html")
+    raise typer.Exit(0 if comp.b.ready else 1)
 
 
 def _check_base_model(name: str, required: bool) -> None:

@@ -262,6 +262,25 @@ def parse_row(
                 'wrap it as {"conversations": [...]} or {"messages": [...]}',
             )
         ]
+    found = _turn_list(row, spec, issue)
+    if isinstance(found, Issue):
+        return None, [found]
+    key, role_key, content_key, turns = found
+    messages, issues = _messages(turns, role_key, content_key, spec.role_names(), issue)
+    if issues:
+        return None, issues
+    issues = _check_order(messages, issue)
+    if issues:
+        return None, issues
+    meta = {k: v for k, v in row.items() if k != key}
+    return Conversation(tuple(messages), line, meta, text), []
+
+
+def _turn_list(
+    row: dict[str, Any], spec: DatasetSpec, issue: Any
+) -> tuple[str, str, str, list[Any]] | Issue:
+    """(turn list key, role key, content key, turns) of a row in the spec's format (or, with
+    none given, the row's own), else the one issue that stops it."""
     key, role_key, content_key = spec.keys()
     if key is None:  # detect the format per row
         if "conversations" in row:
@@ -269,24 +288,26 @@ def parse_row(
         elif "messages" in row:
             key, role_key, content_key = "messages", "role", "content"
         else:
-            return None, [
-                issue(
-                    "E103",
-                    'no "conversations" or "messages" list',
-                    "add the turn list (ShareGPT: conversations, OpenAI: messages)",
-                )
-            ]
+            return issue(
+                "E103",
+                'no "conversations" or "messages" list',
+                "add the turn list (ShareGPT: conversations, OpenAI: messages)",
+            )
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         what = "missing" if key not in row else ("empty" if turns == [] else "not a list")
-        return None, [
-            issue(
-                "E103",
-                f'"{key}" is {what}',
-                f'give "{key}" a list of turns ending with the assistant reply',
-            )
-        ]
-    role_names = spec.role_names()
+        return issue(
+            "E103",
+            f'"{key}" is {what}',
+            f'give "{key}" a list of turns ending with the assistant reply',
+        )
+    return key, role_key, content_key, turns
+
+
+def _messages(
+    turns: list[Any], role_key: str, content_key: str, role_names: dict[str, Role], issue: Any
+) -> tuple[list[Message], list[Issue]]:
+    """The turns as messages, and an issue for each turn that is not one."""
     issues: list[Issue] = []
     messages: list[Message] = []
     for n, turn in enumerate(turns, start=1):
@@ -317,8 +338,7 @@ def parse_row(
                     "make the content a string",
                 )
             )
-            continue
-        if not content.strip():
+        elif not content.strip():
             issues.append(
                 issue(
                     "E105",
@@ -326,15 +346,9 @@ def parse_row(
                     "write the turn's text or remove the turn",
                 )
             )
-            continue
-        messages.append(Message(role, content))
-    if issues:
-        return None, issues
-    issues = _check_order(messages, issue)
-    if issues:
-        return None, issues
-    meta = {k: v for k, v in row.items() if k != key}
-    return Conversation(tuple(messages), line, meta, text), []
+        else:
+            messages.append(Message(role, content))
+    return messages, issues
 
 
 def _check_order(messages: Sequence[Message], issue: Any) -> list[Issue]:
