@@ -1,9 +1,8 @@
 """Find and load base models: the embedded default, a Hugging Face folder, a GGUF file, or a
 Hugging Face id already in the local cache. Nothing is ever downloaded.
 
-A GGUF base is converted once into a plain Hugging Face folder in meshtune's cache (loading a
-GGUF through transformers dequantizes with numpy, 20-30 s for the embedded model; the folder
-then loads in about a second).
+A GGUF base is converted once into a plain Hugging Face folder in meshtune's cache: loading a
+GGUF through transformers dequantizes it with numpy, every time; the folder loads directly.
 """
 
 import hashlib

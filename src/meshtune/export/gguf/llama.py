@@ -32,7 +32,7 @@ class Llama(Architecture):
 
     def modify_tensor(self, hf_name: str, data: Any) -> Any:
         # transformers un-permutes q/k when it reads a llama GGUF; put llama.cpp's rotary layout
-        # back (k with the KV-head count), or the model is broken (stack.md: 55% agreement).
+        # back (k with the KV-head count), or the model is broken (stack.md).
         heads = self.config["num_attention_heads"]
         if re.search(r"self_attn\.q_proj\.(weight|bias)$", hf_name):
             return _permute(data, heads)
