@@ -119,9 +119,10 @@ def build_request(
 
 def modelfile_system(folder: Path) -> str | None:
     """The SYSTEM of the Modelfile in `folder`, if there is one."""
-    if not (folder / "Modelfile").is_file():
+    path = RunDir(folder).modelfile
+    if not path.is_file():
         return None
-    system = ollama.read(folder / "Modelfile").first("system")
+    system = ollama.read(path).first("system")
     return system.args if system else None
 
 
@@ -130,9 +131,9 @@ def modelfile_options(folder: Path | None) -> dict[str, Any] | None:
     None when neither exists (the guide's values are used)."""
     if folder is None:
         return None
-    if (folder / "Modelfile").is_file():
-        return guide_sampling(ollama.sampling_options(folder / "Modelfile"))
-    run = RunDir(folder)
+    run = RunDir(folder)  # or the folder of a GGUF, with a Modelfile beside it
+    if run.modelfile.is_file():
+        return guide_sampling(ollama.sampling_options(run.modelfile))
     if run.recipe.is_file():
         return guide_sampling(run.ollama_overrides())
     return None

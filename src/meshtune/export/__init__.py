@@ -62,7 +62,7 @@ def export(
         tokenizer = merge(trained, run.merged)
     with _stage(stages, "gguf"):
         progress(f"writing {gguf_name}")
-        write_gguf(run.merged, run.path / gguf_name, quant, name)
+        write_gguf(run.merged, run.path / gguf_name, quant, name, tokenizer)
     family = _write_modelfile(
         run,
         trained.base_model,

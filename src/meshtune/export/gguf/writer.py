@@ -80,30 +80,32 @@ def architecture(config: dict[str, Any], where: str) -> type[Architecture]:
     )
 
 
-def write_gguf(merged: Path, out: Path, quant: str, name: str) -> None:
-    """Write `merged` as a GGUF of type `quant` (atomically)."""
+def write_gguf(merged: Path, out: Path, quant: str, name: str, tokenizer: Any = None) -> None:
+    """Write `merged` as a GGUF of type `quant` (atomically); `tokenizer` is merged/'s, when
+    the caller has it loaded already."""
     if quant not in QUANTS:
         raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
     with atomic(out, hidden=False, fix="check the disk and folder") as tmp:
         if quant in WRITER_QUANTS:
-            _write(merged, tmp, quant, name)
+            _write(merged, tmp, quant, name, tokenizer)
         else:  # llama.cpp quantizes from an exact F32 file
             f32 = temp_path(out.with_name(out.name + ".f32"), hidden=False)
             try:
-                _write(merged, f32, "F32", name)
+                _write(merged, f32, "F32", name, tokenizer)
                 _llama_cpp_quantize(f32, tmp, LLAMA_CPP_QUANTS[quant])
             finally:
                 f32.unlink(missing_ok=True)
 
 
-def _write(merged: Path, out: Path, quant: str, name: str) -> None:
+def _write(merged: Path, out: Path, quant: str, name: str, tokenizer: Any) -> None:
     import gguf
     import numpy as np
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
     config = read_json(merged / "config.json", "re-run export")
-    arch = architecture(config, str(merged))(merged, config, AutoTokenizer.from_pretrained(merged))
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(merged)
+    arch = architecture(config, str(merged))(merged, config, tokenizer)
     model_arch = gguf.MODEL_ARCH[arch.gguf_arch]
     writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[model_arch])
     writer.add_type(gguf.GGUFType.MODEL)
