@@ -57,9 +57,9 @@ def test_a_summary_from_another_version_keeps_what_it_knows(tmp_path):
 
 
 def test_a_missing_record_names_the_command_that_writes_it(tmp_path):
-    with pytest.raises(MeshtuneError, match="train_summary.json: missing; run `meshtune train`"):
+    with pytest.raises(MeshtuneError, match=r"train_summary\.json: missing; run `meshtune train`"):
         RunDir(tmp_path).load_summary()
-    with pytest.raises(MeshtuneError, match="export.json: missing; run `meshtune export`"):
+    with pytest.raises(MeshtuneError, match=r"export\.json: missing; run `meshtune export`"):
         RunDir(tmp_path).load_export()
 
 
