@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from meshtune.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "embedded-cpu.yaml"
 PROFILES = ("meshmaster", "no-penalty")
@@ -95,19 +97,18 @@ def evaluate_variant(
     finally:
         slots.put(gpu)
     export_s = meshtune(["export", str(run)], log, {"CUDA_VISIBLE_DEVICES": ""})
-    summary = json.loads((run / "train_summary.json").read_text())
-    proof = json.loads((run / "verify.json").read_text())
+    summary, proof = RunDir(run).load_summary(), RunDir(run).load_verification()
     result: dict[str, Any] = {
         "variant": name,
         "set": sets,
         "train_s": round(train_s, 1),
         "export_s": round(export_s, 1),
-        "steps": summary.get("steps"),
-        "eval_loss_after": summary.get("eval_loss_after"),
-        "proof": {c["name"]: c["ok"] for c in proof["checks"]},
+        "steps": summary.steps,
+        "eval_loss_after": summary.eval_loss_after,
+        "proof": {c.name: c.ok for c in proof.checks},
     }
     for profile in PROFILES:
-        out = run / "eval" / profile
+        out = RunDir(run).eval / profile
         args = ["eval", str(run), "--suite", suite, "--profile", profile, "--out", str(out)]
         meshtune([*args, "--threads", str(threads)], log, {"CUDA_VISIBLE_DEVICES": ""})
         report = json.loads((out / "summary.json").read_text())
