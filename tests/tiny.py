@@ -138,9 +138,10 @@ def write_summary(run: Path, base_model: str, **fields) -> TrainSummary:
     return summary
 
 
-def write_recipe(tmp_path: Path, **keys) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(keys))
+def write_recipe(folder: Path, text: str | None = None, **keys) -> Path:
+    """FOLDER/recipe.yaml: `text` as written, or the keys as YAML."""
+    path = folder / "recipe.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(keys))
     return path
 
 

@@ -387,7 +387,9 @@ def eval_cmd(
     folder = out or _eval_dir(model, suite, profile)
     with _progress() as progress:
         result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
-    _print_verdict(result)
+    from meshtune.evaluate.report import render_verdict
+
+    typer.echo(render_verdict(result))
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
 
@@ -456,30 +458,6 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
-
-
-def _print_verdict(result: Any) -> None:
-    s, v = result.summary, result.verdict
-    c = s["chars"]
-    typer.echo(
-        f"{s['label']} on {s['suite']} ({s['items']} items x {s['samples']}) via {s['backend']}, "
-        f"profile {s['profile']}, {s['wall_s']} s"
-    )
-    typer.echo(
-        f"pass rate {s['pass_rate']:.3f} | loops {s['loop_rate']:.1%} | runaways "
-        f"{s['runaway_rate']:.1%} | invented commands {s['invented_command_rate']:.1%} | "
-        f"chars p50 {c['p50']:g} p90 {c['p90']:g} | one chunk {s['share_one_chunk']:.1%}"
-    )
-    for crit in v.criteria:
-        mark = "ok  " if crit.ok else "FAIL"
-        typer.echo(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
-    for crit in v.failing:
-        typer.echo(f"{crit.name}: {crit.what}; for example:")
-        for r in crit.examples:
-            reply = " ".join(r["reply"].split())
-            reply = reply if len(reply) <= 160 else reply[:159] + "…"
-            typer.echo(f"  [{r['item']}] {r['question']!r} -> {reply!r}")
-    typer.echo(v.label)
 
 
 # --- export, verify, modelfile check, deploy ---------------------------------------------------
@@ -725,12 +703,11 @@ def run_lines(result: PipelineResult) -> list[str]:
     """`meshtune run`'s closing lines; a run with no held-out set has no eval losses to show."""
     train = TrainSummary.from_dict(result.train)
     losses = train.eval_losses(3) or "no held-out set (val_set_size 0)"
-    comparison = result.comparison
+    base = f"base {result.base_verdict}, " if result.base_verdict else ""
     return [
         f"== done: {result.run_dir}",
         f"train: {train.steps} steps in {train.wall_time_s:.0f} s, {losses}",
-        (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
-        + f"tuned {result.verdict} (reports in {result.run_dir}/eval)",
+        f"verdict: {base}tuned {result.verdict} (reports in {result.run_dir}/eval)",
     ]
 
 

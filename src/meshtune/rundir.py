@@ -284,6 +284,11 @@ class PipelineResult(_Record):
         "best_step",
     )
 
+    @property
+    def base_verdict(self) -> str | None:
+        """The untuned base model's verdict, when it was evaluated beside the tuned one."""
+        return self.comparison["a"]["verdict"] if self.comparison else None
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if self.comparison is None:
