@@ -173,6 +173,12 @@ def test_unknown_keys_are_named(tmp_path):
         load_recipe(write_recipe(tmp_path, lerning_rate=1e-4))
 
 
+def test_lora_layers_are_distinct_numbers_from_0(tmp_path):
+    for layers in ([3, 3], [-1, 2]):
+        with pytest.raises(MeshtuneError, match="distinct layer numbers from 0"):
+            load_recipe(write_recipe(tmp_path, peft_layers_to_transform=layers))
+
+
 def test_axolotl_only_keys_are_listed_as_ignored_and_contradictions_resolved(tmp_path):
     loaded = load_recipe(
         write_recipe(
@@ -309,6 +315,23 @@ def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_lla
         AutoModelForCausalLM.from_pretrained(tiny_llama), run / "best"
     )
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_lora_on_chosen_layers_trains_those_layers_alone(tmp_path, tiny_llama):
+    from safetensors import safe_open
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, peft_layers_to_transform=[1], max_steps=2)
+    train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as f:
+        layers = {re.search(r"layers\.(\d+)\.", k).group(1) for k in f.keys()}  # noqa: SIM118
+    assert layers == {"1"}
+
+
+def test_lora_on_a_layer_the_model_lacks_is_refused_with_its_layer_count(tmp_path, tiny_llama):
+    recipe = tiny_recipe(tmp_path, tiny_llama, peft_layers_to_transform=[0, 2])
+    with pytest.raises(MeshtuneError, match="layer 2 does not exist; the base model has 2 layers"):
+        train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, tiny_llama):
