@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -43,11 +44,11 @@ MEASURES = (
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """`name:key=value,key=value` -> (name, ["key=value", ...])."""
+    """`name:key=value,key=[1,2]` -> (name, ["key=value", "key=[1,2]"])."""
     name, _, sets = text.partition(":")
     if not name:
         sys.exit(f"variant {text!r}: no name; write NAME:key=value,...")
-    return name, [s for s in sets.split(",") if s]
+    return name, [s for s in re.split(r",(?=\w+=)", sets) if s]  # a value may hold commas
 
 
 def meshtune(args: list[str], log: Path, env: dict[str, str] | None = None) -> float:
