@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from meshtune.evaluate import evaluate
-from meshtune.evaluate.suite import Suite, load_suite
+from meshtune.suites import Suite, load_suite
 
 TARGET_S = 300.0
 

@@ -9,6 +9,7 @@ from tests.tiny import (  # noqa: F401  (shared fixtures)
     llama3_tokenizer,
     smol_folder,
     smol_tokenizer,
+    stopper,
     tiny_llama,
     tiny_llama3,
 )
@@ -39,13 +40,6 @@ def rows_file(tmp_path: Path, rows: list, name: str = "chats.jsonl") -> Path:
             lines.append(json.dumps(row).encode())
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
-
-
-def chat(user: str, reply: str, **meta) -> dict:
-    return {
-        **meta,
-        "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
-    }
 
 
 def run_main(*args: str) -> tuple[int, str, str]:

@@ -5,7 +5,8 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import chat, rows_file
+from tests.conftest import rows_file
+from tests.tiny import chat_row as chat
 
 from meshtune import data
 from meshtune.data import DatasetSpec, check, read_dataset

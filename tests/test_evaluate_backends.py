@@ -27,7 +27,8 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.profiles import Profile, build_request, get_profile
-from meshtune.evaluate.suite import Item
+from meshtune.rundir import ExportInfo, RunDir
+from meshtune.suites import Item
 
 RELAY = Item(id="relay", prompt="How do I relay to alice?")
 
@@ -126,7 +127,7 @@ def test_run_dir_resolves_to_base_plus_best_adapter_with_its_system_prompt(tmp_p
     (run / "n.gguf").symlink_to(models.embedded_gguf())
     with pytest.raises(MeshtuneError, match="several GGUF files"):
         resolve_model(str(run))
-    (run / "export.json").write_text(json.dumps({"gguf": "n.gguf"}))  # the latest export's
+    ExportInfo(gguf="n.gguf").save(RunDir(run).export_info)  # the latest export's
     assert resolve_model(str(run)).gguf == run / "n.gguf"
 
 
@@ -148,7 +149,7 @@ def test_hf_backend_merges_the_adapter_and_generates_under_the_profile(tmp_path)
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert not torch.allclose(merged, plain, atol=1e-2)
     gen = backend.generate(request(num_predict=6), 0)
-    assert gen.completion_tokens <= 6 and gen.finish_reason in ("stop", "length")
+    assert gen.finish_reason == ("length" if gen.completion_tokens == 6 else "stop")
     assert gen.prompt_tokens > 100  # the system prompt and Mesh Master's prompt string
     sampled = request("meshmaster", num_predict=6)
     assert backend.generate(sampled, 7).text == backend.generate(sampled, 7).text

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from tests.conftest import rows_file
+from tests.tiny import write_summary
 
 from meshtune import models
 from meshtune.evaluate import evaluate
@@ -115,12 +116,21 @@ def test_cli_gate_override_can_make_it_ready(cli, tmp_path):
 
 
 def test_compare_two_report_folders(cli, quick_report, tmp_path):
+    from meshtune.evaluate import load_result
+    from meshtune.evaluate.report import write_report
+
     out, _ = quick_report
-    r = cli("eval", "--compare", out, out, "--out", tmp_path / "c")
-    assert r.code == 1  # B (the same untuned model) is not ready
-    assert "| item pass rate |" in r.out and "Improved items (0)" in r.out
+    for name, relay_passes in (("a", False), ("b", True)):
+        result = load_result(out)
+        for row in result.rows:
+            if row["item"] == "quick-relay":
+                row["passed"] = relay_passes
+        write_report(tmp_path / name, result)
+    r = cli("eval", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "c")
+    assert r.code == 1  # B (the same untuned model, one item fixed) is still not ready
+    assert "| item pass rate |" in r.out and "Improved items (1)" in r.out
     data = json.loads((tmp_path / "c" / "compare.json").read_text())
-    assert data["regressed"] == [] and all(c["delta"] == 0 for c in data["categories"])
+    assert [e["item"] for e in data["improved"]] == ["quick-relay"] and data["regressed"] == []
 
 
 def test_compare_lists_improved_and_regressed_items(quick_report, tmp_path):
@@ -163,10 +173,7 @@ def test_bad_input_is_a_one_line_error_with_exit_2(cli, tmp_path, args, message)
 
 def test_run_dir_with_gguf_is_evaluated_through_llamacpp_with_the_runs_system_prompt(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "train_summary.json").write_text(
-        json.dumps({"base_model": "smollm2-135m", "system_prompt": "You are a terse mesh bot."})
-    )
+    write_summary(run, "smollm2-135m", system_prompt="You are a terse mesh bot.")
     (run / "model.gguf").symlink_to(models.embedded_gguf())
     suite = rows_file(tmp_path, [{"id": "a", "prompt": "Say hi"}], "one.jsonl")
     result = evaluate(str(run), str(suite), profile="greedy", out=run / "eval" / "x")

@@ -7,7 +7,7 @@ from meshtune import meshmaster, models
 from meshtune.evaluate import evaluate
 from meshtune.evaluate.backends import HFBackend, LlamaCppBackend
 from meshtune.evaluate.profiles import build_request, get_profile
-from meshtune.evaluate.suite import load_suite
+from meshtune.suites import load_suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 

@@ -10,7 +10,7 @@ from meshtune import meshmaster
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.gate import GateConfig, judge, load_gate
 from meshtune.evaluate.profiles import build_request, get_profile, modelfile_options
-from meshtune.evaluate.suite import load_suite
+from meshtune.suites import load_suite
 
 GOOD = {
     "id": "relay-01",

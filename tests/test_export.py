@@ -15,27 +15,24 @@ import numpy as np
 import pytest
 import yaml
 from tests.conftest import run_main
-from tests.test_modelfile import llama32_tokenizer_from
-from tests.tiny import lora_run, save_tiny_llama
+from tests.tiny import (
+    llama32_tokenizer_from,
+    lora_run,
+    stand_in_ollama,
+    tiny_base,
+    write_summary,
+)
 
-from meshtune import export, modelfile
+from meshtune import export, ollama
+from meshtune.errors import MeshtuneError
+from meshtune.export import deploy, gguf, modelfile, proof
+from meshtune.export.gguf import llama as gguf_llama
 from meshtune.meshmaster import OPTIONS
+from meshtune.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------
 # Runs built in the tests: a random tiny llama base, a LoRA adapter with perturbed B (so merging
 # changes the model), and the files `meshtune train` writes.
-
-
-def tiny_base(folder: Path, tokenizer, *, tie=False, init=0.5, rope=None, seed=0):
-    """A 2-layer random llama. A large init makes its logits spread like a real model's, so a
-    wrong tensor layout shows in them."""
-    from transformers import LlamaForCausalLM
-
-    rope = {"rope_parameters": rope} if rope else {}
-    save_tiny_llama(
-        folder, tokenizer, seed, tie_word_embeddings=tie, initializer_range=init, **rope
-    )
-    return LlamaForCausalLM.from_pretrained(folder)
 
 
 def checks(run: Path) -> dict[str, dict]:
@@ -51,29 +48,6 @@ def chatml(tmp_path_factory, smol_tokenizer):
     run = lora_run(root, base, str(root / "base"), "chatml")
     code, out, err = run_main("export", run, "--quant", "F32", "--name", "tiny")
     return run, code, out, err
-
-
-@pytest.fixture(scope="module")
-def stopper(tmp_path_factory, smol_tokenizer):
-    """A tied-embedding chatml model built to end every turn at once: its layers write nothing
-    to the residual stream and one embedding direction, shared by every token, points at
-    <|im_end|>. It passes every check, so its export exits 0."""
-    import torch
-
-    root = tmp_path_factory.mktemp("stopper")
-    base = tiny_base(root / "base", smol_tokenizer, tie=True, init=0.02)
-    eot = smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    with torch.no_grad():
-        for layer in base.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        base.model.embed_tokens.weight[:, 0] = 1.0
-        base.model.embed_tokens.weight[eot] = 0.0
-        base.model.embed_tokens.weight[eot, 0] = 50.0
-    base.save_pretrained(root / "base")
-    run = lora_run(root, base, str(root / "base"), "chatml", std=0.001)
-    info, verification = export.export(run, quant="F32", name="stopper")
-    return run, info, verification
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +76,7 @@ def test_export_writes_merged_folder_gguf_modelfile_and_deploy_note(chatml):
     run, _, out, _ = chatml
     assert (run / "merged" / "config.json").is_file()
     assert (run / "tiny-F32.gguf").is_file()
-    mf = modelfile.read(run / "Modelfile")
+    mf = ollama.read(run / "Modelfile")
     assert mf.first("model").args == "./tiny-F32.gguf"  # relative to the Modelfile
     assert mf.stops == ["<|im_start|>", "<|im_end|>"]
     assert "/relay" not in mf.first("system").args
@@ -121,7 +95,7 @@ def test_the_merged_folder_is_the_adapter_merged_into_float32_weights(chatml):
     from transformers import AutoModelForCausalLM
 
     run, *_ = chatml
-    base_dir = json.loads((run / "train_summary.json").read_text())["base_model"]
+    base_dir = RunDir(run).load_summary().base_model
     ids = torch.tensor([[1, 9690, 198, 16, 28, 30, 2]])
     merged = AutoModelForCausalLM.from_pretrained(run / "merged")
     assert merged.dtype == torch.float32
@@ -183,8 +157,8 @@ def test_a_gguf_without_llama_cpps_qk_permutation_fails_the_logits_check(
     run, *_ = chatml
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.gguf"))
-    monkeypatch.setattr(export, "_permute", lambda w, n_head: w)
-    export.write_gguf(copy / "merged", copy / "tiny-F32.gguf", "F32", "tiny")
+    monkeypatch.setattr(gguf_llama, "_permute", lambda w, n_head: w)
+    gguf.write_gguf(copy / "merged", copy / "tiny-F32.gguf", "F32", "tiny")
     export.verify(copy)
     logits = checks(copy)["logits"]
     assert logits["ok"] is False
@@ -197,12 +171,12 @@ def test_every_offered_type_is_written_as_that_type_and_runs_in_llama_cpp(chatml
 
     run, *_ = chatml
     sizes = {}
-    for quant in export.QUANTS:
+    for quant in gguf.QUANTS:
         path = tmp_path / f"tiny-{quant}.gguf"
-        export.write_gguf(run / "merged", path, quant, "tiny")
+        gguf.write_gguf(run / "merged", path, quant, "tiny")
         _, tensors = gguf_fields(path)
         assert {t for n, t in tensors.items() if n.endswith("norm.weight")} == {"F32"}
-        if quant in export.WRITER_QUANTS:
+        if quant in gguf.WRITER_QUANTS:
             assert tensors["blk.0.attn_q.weight"] == tensors["token_embd.weight"] == quant
         else:  # llama.cpp's quantizer: 4-bit blocks where rows allow
             assert tensors["blk.0.attn_q.weight"].startswith(("Q4", "Q5", "Q6", "Q8"))
@@ -214,8 +188,8 @@ def test_every_offered_type_is_written_as_that_type_and_runs_in_llama_cpp(chatml
 
 
 def test_an_unknown_type_is_refused_before_any_work(chatml, tmp_path):
-    with pytest.raises(export.MeshtuneError, match="choose one of F32, F16, BF16, Q8_0, Q4_0"):
-        export.write_gguf(chatml[0] / "merged", tmp_path / "x.gguf", "Q3_K", "x")
+    with pytest.raises(MeshtuneError, match="choose one of F32, F16, BF16, Q8_0, Q4_0"):
+        gguf.write_gguf(chatml[0] / "merged", tmp_path / "x.gguf", "Q3_K", "x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +228,7 @@ def test_a_llama3_run_exports_with_eot_metadata_one_bos_and_its_stops(llama3, ll
     assert fields["tokenizer.ggml.eos_token_id"] == fields["tokenizer.ggml.eot_token_id"] == eot
     assert fields["tokenizer.ggml.add_bos_token"] is True  # so the TEMPLATE prints no BOS
     assert "rope_freqs.weight" in tensors  # Llama-3.2's rope scaling
-    mf = modelfile.read(run / "Modelfile")
+    mf = ollama.read(run / "Modelfile")
     assert mf.stops == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     assert "<|begin_of_text|>" not in mf.first("template").args
 
@@ -282,8 +256,7 @@ def test_an_unsupported_architecture_is_refused_naming_what_is_supported(
     smol_tokenizer.save_pretrained(tmp_path / "gpt2")  # a complete model folder, of another kind
     peft = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"]))
     peft.save_pretrained(tmp_path / "run" / "best")
-    summary = {"base_model": str(tmp_path / "gpt2"), "best_adapter": "best"}
-    (tmp_path / "run" / "train_summary.json").write_text(json.dumps(summary))
+    write_summary(tmp_path / "run", str(tmp_path / "gpt2"), best_adapter="best")
     r = cli("export", tmp_path / "run")
     assert r.code == 2
     assert "architecture GPT2LMHeadModel cannot be exported" in r.err
@@ -310,9 +283,9 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, args, s
     save_file(
         {"lora_A.weight": np.zeros((8, 4), np.float32)}, run / "best" / "adapter_model.safetensors"
     )
-    (run / "train_summary.json").write_text(json.dumps({"base_model": "smollm2-135m"}))
+    write_summary(run, "smollm2-135m", best_adapter="best")
     if setup == "no-summary":
-        (run / "train_summary.json").unlink()
+        RunDir(run).summary.unlink()
     elif setup == "no-adapter":
         shutil.rmtree(run / "best")
     elif setup == "bad-ollama":
@@ -326,7 +299,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(cli, tmp_path, args, s
 
 def test_without_go_the_template_check_is_reported_as_not_run_not_as_passed(monkeypatch):
     monkeypatch.setattr(modelfile, "go_available", lambda: False)
-    check = export._check_template(None, "{{ .Prompt }}", [], [])
+    check = proof._check_template(None, "{{ .Prompt }}", [], [])
     assert check.ok is None and check.status == "skipped" and "go" in check.detail
 
 
@@ -337,21 +310,6 @@ def test_verify_of_a_run_never_exported_says_to_export(cli, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Deploy (Ollama cannot run here: a stand-in executable records its arguments)
-
-
-def stand_in_ollama(folder: Path, exit_code: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "calls.jsonl"
-    script = folder / "ollama"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        f"open({str(log)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], "
-        "'cwd': os.getcwd()}) + '\\n')\n"
-        f"sys.exit({exit_code})\n"
-    )
-    script.chmod(0o755)
-    return log
 
 
 def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_ollama_model(
@@ -405,7 +363,7 @@ def test_deploy_refuses_a_run_that_failed_verification_unless_forced(chatml, tmp
 def test_ollama_model_is_added_when_the_config_has_none(tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{\n    "chunk_size": 160,\n    "x": {"ollama_model": "nested"}\n}\n')
-    export.set_ollama_model(config, "mesh-bot")
+    deploy.set_ollama_model(config, "mesh-bot")
     assert config.read_text() == (
         '{\n    "ollama_model": "mesh-bot",\n    "chunk_size": 160,\n'
         '    "x": {"ollama_model": "nested"}\n}\n'
@@ -415,8 +373,8 @@ def test_ollama_model_is_added_when_the_config_has_none(tmp_path):
 def test_a_config_that_is_not_json_is_left_alone(tmp_path):
     config = tmp_path / "config.json"
     config.write_text("{not json")
-    with pytest.raises(export.MeshtuneError, match="not readable JSON"):
-        export.set_ollama_model(config, "mesh-bot")
+    with pytest.raises(MeshtuneError, match="not readable JSON"):
+        deploy.set_ollama_model(config, "mesh-bot")
     assert config.read_text() == "{not json" and not list(tmp_path.glob("*.bak"))
 
 

@@ -235,8 +235,8 @@ def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
     summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lines.append)
     print("\n".join(lines))
     assert any(line.startswith("engine            CUDA: one flex-attention") for line in lines)
-    assert summary["device"] == "cuda" and summary["steps"] == 12
-    assert summary["eval_loss_after"] < summary["eval_loss_before"]
+    assert summary.device == "cuda" and summary.steps == 12
+    assert summary.eval_loss_after < summary.eval_loss_before
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [m["step"] for m in metrics if "eval_loss" in m] == [0, 5, 10, 12]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 13))

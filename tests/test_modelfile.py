@@ -1,16 +1,14 @@
 """Modelfiles: the TEMPLATE of each chat family, proven with Go's text/template (the engine
 Ollama uses) against the model's own chat template; parsing as Ollama parses; the lint."""
 
-from pathlib import Path
-
 import pytest
+from tests.tiny import llama32_tokenizer_from
 
-from meshtune import chat, modelfile
+from meshtune import chat, ollama
 from meshtune.errors import MeshtuneError
+from meshtune.export import modelfile
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT, build_prompt
 from meshtune.models import embedded_gguf
-
-LLAMA32_TEMPLATE = Path(__file__).parent / "data" / "llama-3.2-chat-template.jinja"
 
 # The three conversation shapes of the issue, as a client sends them to Ollama.
 SHAPES = {
@@ -25,22 +23,6 @@ SHAPES = {
         chat.Message("user", "And to bob?"),
     ),
 }
-
-
-def llama32_tokenizer_from(smol_folder: Path):
-    """A llama3-family tokenizer with Meta's Llama-3.2-1B-Instruct chat template (tests/data,
-    from its tokenizer_config.json) and BOS added on every encode, as Llama-3's tokenizer does:
-    SmolLM2's vocabulary plus Llama-3's special tokens, so nothing is downloaded."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(smol_folder)
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tok.add_bos_token = True
-    tok.chat_template = LLAMA32_TEMPLATE.read_text()
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +56,7 @@ def test_go_renders_the_llama3_template_as_llama_3_2s_chat_template_with_bos_add
 ):
     tok = llama32_tokenizer
     assert chat.family_of(tok).name == "llama3"
-    assert modelfile.adds_bos(tok)
+    assert chat.adds_bos(tok)
     for shape, go_text, trained in go_and_model_prompts(tok):
         # The runtime adds BOS itself (add_bos_token), so the TEMPLATE must not print it...
         assert trained == tok.bos_token + go_text, shape
@@ -94,7 +76,7 @@ def test_the_llama_3_2_date_line_is_pinned_so_training_and_the_template_agree_ev
 def test_go_follows_ollamas_legacy_system_prompt_templates_turn_by_turn(real):
     """The v2 Modelfile's TEMPLATE uses only .System and .Prompt: Ollama runs it once per
     exchange, appends each reply, and sends SYSTEM only in the first one."""
-    v2 = modelfile.read(real / "Modelfile.mesh-master-v2")
+    v2 = ollama.read(real / "Modelfile.mesh-master-v2")
     (rendered,) = modelfile.render_go(
         v2.first("template").args,
         [modelfile.ollama_messages(SHAPES["multi-turn"], "SYS")],
@@ -114,7 +96,7 @@ def test_a_template_go_cannot_parse_is_an_error():
 
 
 def test_values_are_read_the_way_ollama_reads_them():
-    mf = modelfile.parse(
+    mf = ollama.parse(
         "# comment\n"
         "from ./m.gguf\n"
         'TEMPLATE """{{ .Prompt }}\n'
@@ -145,7 +127,7 @@ def test_values_are_read_the_way_ollama_reads_them():
 )
 def test_text_ollama_refuses_is_an_error_with_its_line(text, message):
     with pytest.raises(MeshtuneError, match=message):
-        modelfile.parse(text, "Modelfile")
+        ollama.parse(text, "Modelfile")
 
 
 def written(**overrides) -> str:
@@ -153,7 +135,7 @@ def written(**overrides) -> str:
         "gguf_name": "bot-Q8_0.gguf",
         "template": "{{ .Prompt }}",
         "system": DEFAULT_SYSTEM_PROMPT,
-        "parameters": dict(modelfile.DEFAULT_PARAMETERS),
+        "parameters": dict(ollama.DEFAULT_PARAMETERS),
         "stops": ("<|im_start|>", "<|im_end|>"),
         "header": "test",
     }
@@ -162,25 +144,22 @@ def written(**overrides) -> str:
 
 def test_a_written_modelfile_reads_back_to_what_was_written(smol_tokenizer):
     template = modelfile.template_for(smol_tokenizer)
-    mf = modelfile.parse(written(template=template))
+    mf = ollama.parse(written(template=template))
     assert mf.first("model").args == "./bot-Q8_0.gguf"
     assert mf.first("template").args == template
     assert mf.first("system").args == DEFAULT_SYSTEM_PROMPT
     assert mf.stops == ["<|im_start|>", "<|im_end|>"]
     params = {p.name: p.args for p in mf.parameters if p.name != "stop"}
-    assert params == {k: str(v) for k, v in modelfile.DEFAULT_PARAMETERS.items()}
-    assert set(params) <= set(modelfile.PARAMETERS)
+    assert params == {k: str(v) for k, v in ollama.DEFAULT_PARAMETERS.items()}
+    assert set(params) <= set(ollama.PARAMETERS)
 
 
-def test_the_v2_sampling_values_and_a_reply_sized_num_predict_are_the_defaults():
-    assert modelfile.DEFAULT_PARAMETERS == {
-        "temperature": 0.5,
-        "repeat_penalty": 1.15,
-        "top_p": 0.85,
-        "top_k": 30,
-        "num_ctx": 2048,
-        "num_predict": 5 * 160 // 4,  # Mesh Master's 5 chunks of 160 bytes at ~4 bytes/token
-    }
+def test_the_defaults_are_the_v2_guides_modelfile_values_with_a_reply_sized_num_predict(real):
+    guide = ollama.read(real / "Modelfile.mesh-master-v2")
+    values = {p.name: p.args for p in guide.parameters if p.name != "stop"}
+    assert {k: str(v) for k, v in ollama.DEFAULT_PARAMETERS.items()} == values
+    # the guide's 200 tokens are Mesh Master's longest reply: 5 chunks of 160 bytes, ~4 bytes/token
+    assert ollama.NUM_PREDICT == 5 * 160 // 4 == int(values["num_predict"])
 
 
 def test_writing_refuses_unknown_parameters_bad_values_and_triple_quotes():

@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from tests.test_train import tiny_recipe
+from tests.tiny import tiny_recipe
 
 from meshtune import pipeline
 from meshtune.errors import MeshtuneError
+from meshtune.rundir import RunDir
 
 
 def test_run_trains_then_exports_and_stops_when_the_export_fails_its_proof(tmp_path, tiny_llama):
@@ -17,8 +18,7 @@ def test_run_trains_then_exports_and_stops_when_the_export_fails_its_proof(tmp_p
     lines: list[str] = []
     with pytest.raises(MeshtuneError, match="failed verification"):
         pipeline.run(recipe, run, quant="F32", samples=1, suite="quick", log=lines.append)
-    summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["steps"] == 4
+    assert RunDir(run).load_summary().steps == 4
     assert (run / "Modelfile").is_file() and list(run.glob("*-F32.gguf"))
     assert any("FAIL    stops" in line for line in lines)
     assert not (run / "eval").exists()

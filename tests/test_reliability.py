@@ -22,11 +22,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import chat, rows_file, run_main
-from tests.test_export import stand_in_ollama, stopper, tiny_base  # noqa: F401 (fixture)
-from tests.tiny import lora_run
+from tests.conftest import rows_file, run_main
+from tests.tiny import chat_row as chat
+from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
 from meshtune import export, files
+from meshtune.export.gguf import write_gguf
 
 
 def one_line_error(r) -> bool:
@@ -44,12 +45,6 @@ def cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def data_file(tmp_path) -> Path:
     return rows_file(tmp_path, [chat(f"question {i}?", f"answer {i}.") for i in range(6)])
-
-
-def recipe_file(folder: Path, text: str | None = None, **keys) -> Path:
-    path = folder / "recipe.yaml"
-    path.write_text(text if text is not None else yaml.safe_dump(keys))
-    return path
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -74,7 +69,7 @@ def temps(folder: Path) -> list[Path]:
 def test_learning_rate_inf_and_other_numbers_that_must_be_finite_and_positive_are_refused(
     cli, tmp_path, data_file, key, value
 ):
-    recipe = recipe_file(tmp_path, f"datasets: [{{path: {data_file}}}]\n{key}: {value}\n")
+    recipe = write_recipe(tmp_path, f"datasets: [{{path: {data_file}}}]\n{key}: {value}\n")
     r = cli("plan", recipe)
     assert one_line_error(r), r.err
     assert f"recipe.yaml: {key}: " in r.err
@@ -83,7 +78,7 @@ def test_learning_rate_inf_and_other_numbers_that_must_be_finite_and_positive_ar
 def test_num_epochs_inf_from_set_is_refused(cli, tmp_path, data_file):
     r = cli(
         "plan",
-        recipe_file(tmp_path, datasets=[{"path": str(data_file)}]),
+        write_recipe(tmp_path, datasets=[{"path": str(data_file)}]),
         "--set",
         "num_epochs=.inf",
     )
@@ -92,31 +87,31 @@ def test_num_epochs_inf_from_set_is_refused(cli, tmp_path, data_file):
 
 def test_duplicate_yaml_keys_are_an_error_naming_both_lines(cli, tmp_path, data_file):
     text = f"datasets: [{{path: {data_file}}}]\nlearning_rate: 1e-4\nlearning_rate: 1e-3\n"
-    r = cli("plan", recipe_file(tmp_path, text))
+    r = cli("plan", write_recipe(tmp_path, text))
     assert one_line_error(r), r.err
     assert "recipe.yaml:3:" in r.err and "'learning_rate' appears twice (lines 2 and 3)" in r.err
 
 
 @pytest.mark.parametrize("value", ["learning_rate=[", "lora_r={", "seed=: :", 'x="unclosed'])
 def test_unparsable_set_value_is_a_one_line_error(cli, tmp_path, data_file, value):
-    r = cli("plan", recipe_file(tmp_path, datasets=[{"path": str(data_file)}]), "--set", value)
+    r = cli("plan", write_recipe(tmp_path, datasets=[{"path": str(data_file)}]), "--set", value)
     assert one_line_error(r), r.err
     assert f"--set {value!r}" in r.err
 
 
 def test_datasets_given_as_a_number_is_a_one_line_error(cli, tmp_path):
-    r = cli("plan", recipe_file(tmp_path, "datasets: 5\n"))
+    r = cli("plan", write_recipe(tmp_path, "datasets: 5\n"))
     assert one_line_error(r) and "datasets is a number (5), not a list" in r.err
 
 
 def test_datasets_given_as_a_string_says_it_must_be_a_list_not_no_such_file(cli, tmp_path):
-    r = cli("plan", recipe_file(tmp_path, "datasets: foo.jsonl\n"))
+    r = cli("plan", write_recipe(tmp_path, "datasets: foo.jsonl\n"))
     assert one_line_error(r), r.err
     assert "datasets is a string ('foo.jsonl'), not a list" in r.err and "f: no such" not in r.err
 
 
 def test_a_dataset_path_that_is_not_text_is_a_one_line_error(cli, tmp_path):
-    r = cli("plan", recipe_file(tmp_path, "datasets: [{path: 5}]\n"))
+    r = cli("plan", write_recipe(tmp_path, "datasets: [{path: 5}]\n"))
     assert one_line_error(r) and "datasets.0.path" in r.err
 
 
@@ -127,7 +122,7 @@ def test_a_dataset_path_that_is_not_text_is_a_one_line_error(cli, tmp_path):
 @pytest.fixture
 def tiny_gguf(tmp_path, tiny_llama) -> Path:
     gguf = tmp_path / "tiny-F32.gguf"
-    export.write_gguf(tiny_llama, gguf, "F32", "tiny")
+    write_gguf(tiny_llama, gguf, "F32", "tiny")
     return gguf
 
 
@@ -136,7 +131,7 @@ def test_plan_with_a_truncated_base_gguf_says_truncated(cli, tmp_path, tiny_gguf
         f.truncate(1_000_000)
     r = cli(
         "plan",
-        recipe_file(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}]),
+        write_recipe(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}]),
     )
     assert one_line_error(r), r.err
     assert "damaged or truncated GGUF" in r.err and "not available locally" not in r.out
@@ -147,7 +142,7 @@ def test_train_with_a_truncated_base_gguf_fails_before_creating_the_run(
 ):
     with tiny_gguf.open("r+b") as f:
         f.truncate(1_000_000)
-    recipe = recipe_file(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}])
+    recipe = write_recipe(tmp_path, base_model=str(tiny_gguf), datasets=[{"path": str(data_file)}])
     r = cli("train", recipe, "--output-dir", tmp_path / "run")
     assert one_line_error(r) and "damaged or truncated GGUF" in r.err, r.err
     assert not (tmp_path / "run").exists()
@@ -172,7 +167,7 @@ def test_an_existing_but_invalid_base_model_is_an_error_not_not_available_locall
         with weights.open("r+b") as f:
             f.truncate(weights.stat().st_size // 2)
     r = cli(
-        "plan", recipe_file(tmp_path, base_model=str(base), datasets=[{"path": str(data_file)}])
+        "plan", write_recipe(tmp_path, base_model=str(base), datasets=[{"path": str(data_file)}])
     )
     assert one_line_error(r), (r.code, r.out, r.err)
     assert "not available locally" not in r.out + r.err
@@ -183,7 +178,7 @@ def test_output_dir_that_is_a_file_is_refused_and_the_file_kept(
 ):
     taken = tmp_path / "run"
     taken.write_text("my notes")
-    recipe = recipe_file(tmp_path, base_model=str(tiny_llama), datasets=[{"path": str(data_file)}])
+    recipe = write_recipe(tmp_path, base_model=str(tiny_llama), datasets=[{"path": str(data_file)}])
     r = cli("train", recipe, "--output-dir", taken, "--overwrite")
     assert one_line_error(r) and "is a file, not a folder" in r.err, r.err
     assert taken.read_text() == "my notes"
@@ -233,7 +228,7 @@ def test_export_of_a_damaged_adapter_is_a_one_line_error_and_writes_nothing(
 
 
 @pytest.fixture
-def proved(stopper, tmp_path) -> Path:  # noqa: F811 (the fixture imported above)
+def proved(stopper, tmp_path) -> Path:
     """A copy of an exported run whose proof passed (the stopper model of test_export)."""
     run = tmp_path / "proved"
     shutil.copytree(stopper[0], run)
@@ -258,7 +253,7 @@ def test_temp_files_of_a_killed_export_are_removed_by_the_next_export(proved, cl
 def test_deploy_refuses_a_gguf_that_is_not_the_file_verify_json_proved(proved, cli, tmp_path):
     # What an export killed during its proof leaves: the new GGUF in place, the old proof.
     gguf = proved / "stopper-F32.gguf"
-    export.write_gguf(proved / "merged", gguf, "F16", "stopper")
+    write_gguf(proved / "merged", gguf, "F16", "stopper")
     for force in ([], ["--force"]):
         r = cli("deploy", proved, "--name", "mesh-bot", *force)
         assert one_line_error(r), r.err

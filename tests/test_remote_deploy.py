@@ -25,7 +25,8 @@ import pytest
 from tests.conftest import REPO
 
 from meshtune import meshmaster
-from meshtune.export import file_digest, quick_prompts
+from meshtune.export.proof import file_digest, quick_prompts
+from meshtune.rundir import RunDir
 
 SSHD = Path("/usr/sbin/sshd")
 RUN = REPO / "reports" / "embedded-cpu-run"  # a real export's Modelfile and verify.json
@@ -200,9 +201,9 @@ def run_dir(tmp_path: Path) -> Path:
     gguf = run / GGUF
     gguf.write_bytes(b"GGUF" + os.urandom(4096))
     digest, size = file_digest(gguf)
-    proof = json.loads((run / "verify.json").read_text())
-    proof.update(gguf=GGUF, sha256=digest, bytes=size)
-    (run / "verify.json").write_text(json.dumps(proof))
+    proof = RunDir(run).load_verification()
+    proof.gguf, proof.sha256, proof.bytes = GGUF, digest, size
+    proof.save(RunDir(run).verification)
     return run
 
 

@@ -9,9 +9,9 @@ from meshtune import meshmaster
 from meshtune.data import Conversation, Message
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.profiles import build_request, get_profile
-from meshtune.evaluate.suite import Item
 from meshtune.recipe import MeshMasterRequests
 from meshtune.rendering import render
+from meshtune.suites import Item
 
 TURNS = [
     ("user", "my node keeps rebooting on solar"),

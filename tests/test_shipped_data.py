@@ -11,8 +11,8 @@ import pytest
 from meshtune import data
 from meshtune.commands import load_registry
 from meshtune.evaluate.metrics import measure
-from meshtune.evaluate.suite import load_suite
 from meshtune.meshmaster import question_of
+from meshtune.suites import load_suite
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRAIN = DATA / "mesh_conversations.jsonl"

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from tests.conftest import chat as row
+from tests.tiny import tiny_recipe, write_recipe
 
 from meshtune import chat
 from meshtune.data import Message
 from meshtune.errors import MeshtuneError
 from meshtune.recipe import load_recipe
+from meshtune.rundir import RunDir
 from meshtune.train import (
     PACKED_ATTENTION,
     Options,
@@ -168,15 +168,15 @@ def test_rows_never_exceed_sequence_len_and_keep_every_example(smol_tokenizer):
 # ---------------------------------------------------------------- recipes
 
 
-def write_recipe(tmp_path: Path, **keys) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(keys))
-    return path
-
-
 def test_unknown_keys_are_named(tmp_path):
     with pytest.raises(MeshtuneError, match="unknown key 'lerning_rate'"):
         load_recipe(write_recipe(tmp_path, lerning_rate=1e-4))
+
+
+def test_lora_layers_are_distinct_numbers_from_0(tmp_path):
+    for layers in ([3, 3], [-1, 2]):
+        with pytest.raises(MeshtuneError, match="distinct layer numbers from 0"):
+            load_recipe(write_recipe(tmp_path, peft_layers_to_transform=layers))
 
 
 def test_axolotl_only_keys_are_listed_as_ignored_and_contradictions_resolved(tmp_path):
@@ -210,40 +210,6 @@ def test_set_overrides_and_data_replace_recipe_values(tmp_path):
         load_recipe(path, ["lora_dropout=2"])
 
 
-def small_data(tmp_path: Path, n: int = 48) -> Path:
-    path = tmp_path / "chats.jsonl"
-    words = ["relay", "snr", "hops", "router", "channel", "antenna", "battery", "region"]
-    rows = [
-        row(f"tell me about {words[i % 8]} number {i}", f"{words[i % 8]} is fine. ok {i % 3}.")
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
-    keys = dict(
-        base_model=str(model),
-        datasets=[{"path": str(small_data(tmp_path))}],
-        sequence_len=128,
-        micro_batch_size=2,
-        gradient_accumulation_steps=1,
-        num_epochs=2,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        lora_target_linear=True,
-        val_set_size=8,
-        eval_steps=4,
-        save_steps=4,
-        warmup_ratio=0.1,
-        seed=7,
-    )
-    keys.update(extra)
-    return write_recipe(tmp_path, **keys)
-
-
 def test_trust_remote_code_and_a_wrong_eos_are_refused_with_the_fix(tmp_path, tiny_llama):
     with pytest.raises(MeshtuneError, match="pass --trust-remote-code"):
         train(
@@ -267,7 +233,7 @@ def test_qlora_without_cuda_is_an_error_unless_falling_back(tmp_path, tiny_llama
     summary = train(
         recipe, Options(tmp_path / "run2", allow_lora_fallback=True, progress=False), lines.append
     )
-    assert summary["steps"] == 1 and any("training plain LoRA instead" in line for line in lines)
+    assert summary.steps == 1 and any("training plain LoRA instead" in line for line in lines)
 
 
 # ---------------------------------------------------------------- the plan
@@ -322,8 +288,8 @@ def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_lla
         Options(run, progress=False),
         lambda *_: None,
     )
-    assert summary["eval_loss_after"] < summary["eval_loss_before"]
-    assert summary["best_eval_loss"] == pytest.approx(summary["eval_loss_after"], rel=1e-5)
+    assert summary.eval_loss_after < summary.eval_loss_before
+    assert summary.best_eval_loss == pytest.approx(summary.eval_loss_after, rel=1e-5)
     assert {p.name for p in run.iterdir()} >= {
         "adapter",
         "best",
@@ -332,7 +298,7 @@ def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_lla
         "train_summary.json",
         "recipe.yaml",
     }
-    total = summary["plan"]["total_steps"]
+    total = summary.plan["total_steps"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, total + 1))
     # every eval_steps, and the last step whatever the interval
@@ -340,7 +306,7 @@ def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_lla
         {0, *range(4, total + 1, 4), total}
     )
     best = min((m for m in metrics if "eval_loss" in m), key=lambda m: m["eval_loss"])
-    assert summary["best_step"] == best["step"]
+    assert summary.best_step == best["step"]
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -351,14 +317,31 @@ def test_training_lowers_eval_loss_and_keeps_the_best_adapter(tmp_path, tiny_lla
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
+def test_lora_on_chosen_layers_trains_those_layers_alone(tmp_path, tiny_llama):
+    from safetensors import safe_open
+
+    recipe = tiny_recipe(tmp_path, tiny_llama, peft_layers_to_transform=[1], max_steps=2)
+    train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as f:
+        layers = {re.search(r"layers\.(\d+)\.", k).group(1) for k in f.keys()}  # noqa: SIM118
+    assert layers == {"1"}
+
+
+def test_lora_on_a_layer_the_model_lacks_is_refused_with_its_layer_count(tmp_path, tiny_llama):
+    recipe = tiny_recipe(tmp_path, tiny_llama, peft_layers_to_transform=[0, 2])
+    with pytest.raises(MeshtuneError, match="layer 2 does not exist; the base model has 2 layers"):
+        train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, tiny_llama):
     # A learning rate of 1e-12 leaves the eval loss exactly where it was: no evaluation improves.
     recipe = tiny_recipe(
         tmp_path, tiny_llama, learning_rate=1e-12, eval_steps=1, early_stopping_patience=2
     )
     summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
-    assert summary["stopped_early"] and summary["steps"] == 2
-    assert summary["best_step"] == 0  # the untrained adapter stays the best one
+    assert summary.stopped_early and summary.steps == 2
+    assert summary.best_step == 0  # the untrained adapter stays the best one
 
 
 def test_an_existing_run_directory_is_refused_without_overwrite(tmp_path, tiny_llama, cli):
@@ -412,8 +395,8 @@ def test_max_steps_below_the_eval_interval_still_evaluates_the_last_step_and_war
     assert "evaluation every 51 steps never comes round in 6 steps: only the last step" in text
     summary = train(loaded, Options(tmp_path / "run", progress=False), lambda *_: None)
     assert [step for step, _ in summary_evals(tmp_path / "run")] == [0, 6]
-    assert summary["best_step"] == 6
-    assert summary["eval_loss_after"] < summary["eval_loss_before"]
+    assert summary.best_step == 6
+    assert summary.eval_loss_after < summary.eval_loss_before
 
 
 def summary_evals(run: Path) -> list[tuple[int, float]]:
@@ -459,7 +442,7 @@ def meshtune(*args: str, **kw) -> subprocess.Popen:
 
 
 def final_loss(run: Path) -> float:
-    return json.loads((run / "train_summary.json").read_text())["final_train_loss"]
+    return RunDir(run).load_summary().final_train_loss
 
 
 def test_resume_after_a_kill_reaches_the_same_final_loss(tmp_path, tiny_llama):
@@ -533,8 +516,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         timeout=600,
     )
     assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-2000:]
-    summary = json.loads((two / "train_summary.json").read_text())
-    assert summary["world_size"] == 2
+    summary = RunDir(two).load_summary()
+    assert summary.world_size == 2
     assert final_loss(two) == pytest.approx(final_loss(one), rel=1e-4)
     a = load_file(one / "adapter" / "adapter_model.safetensors")
     b = load_file(two / "adapter" / "adapter_model.safetensors")
@@ -557,7 +540,7 @@ def test_the_embedded_model_trains_a_few_steps_and_saves_an_adapter_that_loads(
         eval_steps=3,
     )
     summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
-    assert summary["steps"] == 3 and math.isfinite(summary["eval_loss_after"])
+    assert summary.steps == 3 and math.isfinite(summary.eval_loss_after)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -580,7 +563,7 @@ def test_a_gguf_base_model_is_converted_once_and_trains(tmp_path, tiny_llama, mo
     )
     recipe = tiny_recipe(tmp_path, gguf, max_steps=2, val_set_size=0, eval_steps=None)
     summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lambda *_: None)
-    assert summary["steps"] == 2 and summary["base_folder"] == str(base.folder)
+    assert summary.steps == 2 and summary.base_folder == str(base.folder)
 
 
 def test_a_missing_base_model_says_where_meshtune_looked(tmp_path):

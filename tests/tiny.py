@@ -1,11 +1,17 @@
 """Tiny real models built in the tests: random-weight llama models with real tokenizers.
 
-Shared by the training, export and evaluation tests (imported by conftest.py).
+Shared by the training, export and evaluation tests (imported by conftest.py), with the one
+builder of each file the tests need: a recipe, a small chat file, a run's train_summary.json.
 """
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from meshtune.rundir import RunDir, TrainSummary
 
 # Llama 3.x's chat template (without the date header Meta's adds to system prompts), enough to
 # test the llama3 family end to end with a tokenizer built here.
@@ -19,6 +25,7 @@ LLAMA3_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
+LLAMA32_TEMPLATE = Path(__file__).parent / "data" / "llama-3.2-chat-template.jinja"
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -79,8 +86,6 @@ def lora_run(
 ) -> Path:
     """ROOT/run as `meshtune train` writes it: best/ (a LoRA adapter on every linear layer of
     `base`, B perturbed so merging changes the model), recipe.yaml and train_summary.json."""
-    import json
-
     import torch
     import yaml
     from peft import LoraConfig, get_peft_model
@@ -94,14 +99,8 @@ def lora_run(
     run = root / "run"
     peft.save_pretrained(run / "best")
     (run / "recipe.yaml").write_text(yaml.safe_dump({"base_model": base_name, **recipe}))
-    summary = {
-        "base_model": base_name,
-        "family": family,
-        "best_adapter": "best",
-        "best_step": 1,
-        **(summary or {}),
-    }
-    (run / "train_summary.json").write_text(json.dumps(summary))
+    fields = {"family": family, "best_adapter": "best", "best_step": 1, **(summary or {})}
+    write_summary(run, base_name, **fields)
     return run
 
 
@@ -128,3 +127,130 @@ def llama3_tokenizer(smol_folder):
 def tiny_llama3(tmp_path_factory, llama3_tokenizer) -> Path:
     """A 2-layer random llama with the Llama-3 chat template, as an HF folder."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama3"), llama3_tokenizer)
+
+
+def write_summary(run: Path, base_model: str, **fields) -> TrainSummary:
+    """RUN/train_summary.json as `meshtune train` writes it (rundir's record), for a run
+    built by hand."""
+    summary = TrainSummary(base_model=base_model, **fields)
+    run.mkdir(parents=True, exist_ok=True)
+    summary.save(RunDir(run).summary)
+    return summary
+
+
+def write_recipe(folder: Path, text: str | None = None, **keys) -> Path:
+    """FOLDER/recipe.yaml: `text` as written, or the keys as YAML."""
+    path = folder / "recipe.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(keys))
+    return path
+
+
+def chat_row(user: str, reply: str, **meta) -> dict:
+    """One ShareGPT training row."""
+    return {
+        **meta,
+        "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": reply}],
+    }
+
+
+def small_data(tmp_path: Path, n: int = 48) -> Path:
+    path = tmp_path / "chats.jsonl"
+    words = ["relay", "snr", "hops", "router", "channel", "antenna", "battery", "region"]
+    rows = [
+        chat_row(f"tell me about {words[i % 8]} number {i}", f"{words[i % 8]} is fine. ok {i % 3}.")
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
+    """A recipe that trains `model` for a few steps on small_data (seed 7)."""
+    keys = dict(
+        base_model=str(model),
+        datasets=[{"path": str(small_data(tmp_path))}],
+        sequence_len=128,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        num_epochs=2,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_linear=True,
+        val_set_size=8,
+        eval_steps=4,
+        save_steps=4,
+        warmup_ratio=0.1,
+        seed=7,
+    )
+    keys.update(extra)
+    return write_recipe(tmp_path, **keys)
+
+
+def llama32_tokenizer_from(smol_folder: Path):
+    """A llama3-family tokenizer with Meta's Llama-3.2-1B-Instruct chat template (tests/data,
+    from its tokenizer_config.json) and BOS added on every encode, as Llama-3's tokenizer does:
+    SmolLM2's vocabulary plus Llama-3's special tokens, so nothing is downloaded."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_folder)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tok.add_bos_token = True
+    tok.chat_template = LLAMA32_TEMPLATE.read_text()
+    return tok
+
+
+def tiny_base(folder: Path, tokenizer, *, tie=False, init=0.5, rope=None, seed=0):
+    """A 2-layer random llama. A large init makes its logits spread like a real model's, so a
+    wrong tensor layout shows in them."""
+    from transformers import LlamaForCausalLM
+
+    rope = {"rope_parameters": rope} if rope else {}
+    save_tiny_llama(
+        folder, tokenizer, seed, tie_word_embeddings=tie, initializer_range=init, **rope
+    )
+    return LlamaForCausalLM.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def stopper(tmp_path_factory, smol_tokenizer):
+    """A tied-embedding chatml model built to end every turn at once: its layers write nothing
+    to the residual stream and one embedding direction, shared by every token, points at
+    <|im_end|>. It passes every check, so its export exits 0."""
+    import torch
+
+    root = tmp_path_factory.mktemp("stopper")
+    base = tiny_base(root / "base", smol_tokenizer, tie=True, init=0.02)
+    eot = smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        for layer in base.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        base.model.embed_tokens.weight[:, 0] = 1.0
+        base.model.embed_tokens.weight[eot] = 0.0
+        base.model.embed_tokens.weight[eot, 0] = 50.0
+    base.save_pretrained(root / "base")
+    run = lora_run(root, base, str(root / "base"), "chatml", std=0.001)
+    from meshtune import export
+
+    info, verification = export.export(run, quant="F32", name="stopper")
+    return run, info, verification
+
+
+def stand_in_ollama(folder: Path, exit_code: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "calls.jsonl"
+    script = folder / "ollama"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], "
+        "'cwd': os.getcwd()}) + '\\n')\n"
+        f"sys.exit({exit_code})\n"
+    )
+    script.chmod(0o755)
+    return log

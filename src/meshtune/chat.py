@@ -17,25 +17,48 @@ IGNORE = -100  # label of a token that is not trained
 
 @dataclass(frozen=True, slots=True)
 class ChatFamily:
+    """Everything meshtune knows about one chat template family; a new family is one record."""
+
     name: str
     end_of_turn: str  # the token that closes every turn; the model must learn to emit it
     marker: str  # a string only this family's template contains
     stops: tuple[str, ...]  # Ollama `PARAMETER stop` values
+    system_header: str  # what opens a system turn; a fixed preamble may follow it
+    # Ollama's Go TEMPLATE for the turns (what comes before the first turn, such as BOS, is
+    # taken from the model's own template). `{{ .Content }}` of a system turn gets the
+    # template's fixed system preamble in front, when it has one (Llama-3.1/3.2's date lines).
+    ollama_turns: str
 
 
 FAMILIES = (
-    ChatFamily("chatml", "<|im_end|>", "<|im_start|>", ("<|im_start|>", "<|im_end|>")),
+    ChatFamily(
+        "chatml",
+        "<|im_end|>",
+        "<|im_start|>",
+        ("<|im_start|>", "<|im_end|>"),
+        "<|im_start|>system\n",
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        "{{ end }}<|im_start|>assistant\n",
+    ),
     ChatFamily(
         "llama3",
         "<|eot_id|>",
         "<|start_header_id|>",
         ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "<|start_header_id|>system<|end_header_id|>\n\n",
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+        "{{ .Content }}<|eot_id|>"
+        "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
     ),
 )
 
 
 def family_of(tokenizer: Any) -> ChatFamily:
-    template = tokenizer.chat_template or ""
+    return family_of_template(tokenizer.chat_template or "")
+
+
+def family_of_template(template: str) -> ChatFamily:
+    """The family of a Jinja chat template (a tokenizer's, or a GGUF's metadata)."""
     for family in FAMILIES:
         if family.marker in template:
             return family
@@ -44,6 +67,12 @@ def family_of(tokenizer: Any) -> ChatFamily:
         f"the tokenizer's chat template is not a supported family ({names}); "
         "set `chat_template: chatml` or `llama3` in the recipe"
     )
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer (and so the GGUF's add_bos_token) puts BOS before every text."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 def as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:

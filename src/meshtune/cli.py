@@ -16,6 +16,7 @@ from meshtune import data as data_mod
 from meshtune.commands import load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
+from meshtune.rundir import PipelineResult, RunDir, TrainSummary
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -220,17 +221,18 @@ def train_cmd(
     _check_base_model(loaded.recipe.base_model, required=True)
     _on_interrupt(lambda: _train_kept(run))
     summary = train(loaded, Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback))
-    if not summary:  # not the main process of a multi-process run
+    if summary is None:  # not the main process of a multi-process run
         return
-    before, after = summary["eval_loss_before"], summary["eval_loss_after"]
-    losses = (
-        f"eval loss {before:.4f} -> {after:.4f}, "
-        if before is not None and after is not None
-        else ""
-    )
-    typer.echo(
-        f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, {losses}"
-        f"{summary['tokens_per_s']:.0f} tokens/s; best adapter: {run / summary['best_adapter']}"
+    typer.echo(train_line(summary, run))
+
+
+def train_line(summary: TrainSummary, run: Path) -> str:
+    """`meshtune train`'s last line; the eval losses only when the run held data out."""
+    losses = summary.eval_losses(4)
+    return (
+        f"done: {summary.steps} steps in {summary.wall_time_s:.0f} s, "
+        + (f"{losses}, " if losses else "")
+        + f"{summary.tokens_per_s or 0:.0f} tokens/s; best adapter: {run / summary.best_adapter}"
     )
 
 
@@ -301,45 +303,49 @@ def prompt_cmd(
 # ---------------------------------------------------------------- eval
 
 
+EvalModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A run directory, merged HF folder, .gguf file, 'smollm2-135m', or a served "
+        "model's name (with --backend openai|ollama)."
+    ),
+]
+SuiteOpt = Annotated[str, typer.Option(help="A suite JSONL file, or a built-in: quick, mesh.")]
+BackendOpt = Annotated[
+    str | None, typer.Option(help="hf | llamacpp | openai | ollama (default: chosen from MODEL).")
+]
+ProfileOpt = Annotated[str, typer.Option(help="meshmaster | modelfile | no-penalty | greedy.")]
+ReportOpt = Annotated[
+    Path | None, typer.Option(help="Report folder (default: RUN/eval/... or out/eval/...).")
+]
+GateOpt = Annotated[Path | None, typer.Option(help="YAML file overriding the gate's thresholds.")]
+CompareOpt = Annotated[
+    tuple[str, str] | None,
+    typer.Option(help="Evaluate two models (or two report folders) side by side."),
+]
+SystemOpt = Annotated[
+    str | None, typer.Option(help="System prompt (default: the run's, else meshtune's).")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
+]
+
+
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="A run directory, merged HF folder, .gguf file, 'smollm2-135m', or a served "
-            "model's name (with --backend openai|ollama)."
-        ),
-    ] = None,
-    suite: Annotated[
-        str, typer.Option(help="A suite JSONL file, or a built-in: quick, mesh.")
-    ] = "mesh",
-    backend: Annotated[
-        str | None,
-        typer.Option(help="hf | llamacpp | openai | ollama (default: chosen from MODEL)."),
-    ] = None,
-    profile: Annotated[
-        str, typer.Option(help="meshmaster | modelfile | no-penalty | greedy.")
-    ] = "meshmaster",
+    model: EvalModelArg = None,
+    suite: SuiteOpt = "mesh",
+    backend: BackendOpt = None,
+    profile: ProfileOpt = "meshmaster",
     samples: Annotated[int, typer.Option(help="Replies per item for sampled profiles.")] = 3,
-    out: Annotated[
-        Path | None, typer.Option(help="Report folder (default: RUN/eval/... or out/eval/...).")
-    ] = None,
-    gate: Annotated[
-        Path | None, typer.Option(help="YAML file overriding the gate's thresholds.")
-    ] = None,
-    compare: Annotated[
-        tuple[str, str] | None,
-        typer.Option(help="Evaluate two models (or two report folders) side by side."),
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option(help="System prompt (default: the run's, else meshtune's).")
-    ] = None,
+    out: ReportOpt = None,
+    gate: GateOpt = None,
+    compare: CompareOpt = None,
+    system: SystemOpt = None,
     url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
-    ] = None,
+    threads: ThreadsOpt = None,
     registry: RegistryOpt = None,
     mesh_master_config: MeshConfigOpt = None,
     personas: PersonasOpt = None,
@@ -347,7 +353,6 @@ def eval_cmd(
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies."""
-    from meshtune import evaluate as ev
     from meshtune.evaluate.backends import check_url
     from meshtune.meshmaster import load_config
 
@@ -373,25 +378,35 @@ def eval_cmd(
         bot=load_config(mesh_master_config, personas),
         persona=persona,
     )
-    with _progress() as progress:
-        if compare:
-            a, b = compare
-            folder = out or Path("out/compare") / _slug(f"{a}-vs-{b}-{suite}-{profile}")
-            comp = ev.compare(a, b, suite, out=folder, progress=progress, **opts)
-        else:
-            if model is None:
-                raise MeshtuneError("give MODEL, or --compare A B; see `meshtune eval --help`")
-            folder = out or _eval_dir(model, suite, profile)
-            result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
     if compare:
-        from meshtune.evaluate.report import render_comparison
+        _eval_compare(*compare, suite, profile, out, opts)
+    if model is None:
+        raise MeshtuneError("give MODEL, or --compare A B; see `meshtune eval --help`")
+    from meshtune import evaluate as ev
 
-        typer.echo(render_comparison(comp))
-        typer.echo(f"wrote {folder}/compare.md, compare.html")
-        raise typer.Exit(0 if comp.b.ready else 1)
-    _print_verdict(result)
+    folder = out or _eval_dir(model, suite, profile)
+    with _progress() as progress:
+        result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
+    from meshtune.evaluate.report import render_verdict
+
+    typer.echo(render_verdict(result))
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
+
+
+def _eval_compare(
+    a: str, b: str, suite: str, profile: str, out: Path | None, opts: dict[str, Any]
+) -> None:
+    """`eval --compare A B`: both evaluated (or read back), side by side; exit 0 if B is READY."""
+    from meshtune import evaluate as ev
+    from meshtune.evaluate.report import render_comparison
+
+    folder = out or Path("out/compare") / _slug(f"{a}-vs-{b}-{suite}-{profile}")
+    with _progress() as progress:
+        comp = ev.compare(a, b, suite, out=folder, progress=progress, **opts)
+    typer.echo(render_comparison(comp))
+    typer.echo(f"wrote {folder}/compare.md, compare.html")
+    raise typer.Exit(0 if comp.b.ready else 1)
 
 
 def _check_base_model(name: str, required: bool) -> None:
@@ -408,7 +423,7 @@ def _check_base_model(name: str, required: bool) -> None:
 
 
 def _train_kept(run: Path) -> str:
-    steps = sorted((run / "checkpoints").glob("step-*"))
+    steps = sorted(RunDir(run).checkpoints.glob("step-*"))
     if steps:
         return f"kept the last checkpoint, {steps[-1]} (continue with --resume)"
     return f"no checkpoint was written yet; {run} has what was finished before the stop"
@@ -420,8 +435,8 @@ def _slug(text: str) -> str:
 
 def _eval_dir(model: str, suite: str, profile: str) -> Path:
     name = _slug(f"{Path(suite).stem}-{profile}")
-    if (Path(model) / "train_summary.json").is_file():
-        return Path(model) / "eval" / name
+    if RunDir(Path(model)).is_trained():
+        return RunDir(Path(model)).eval / name
     return Path("out/eval") / _slug(f"{Path(model).stem}-{name}")
 
 
@@ -443,30 +458,6 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
-
-
-def _print_verdict(result: Any) -> None:
-    s, v = result.summary, result.verdict
-    c = s["chars"]
-    typer.echo(
-        f"{s['label']} on {s['suite']} ({s['items']} items x {s['samples']}) via {s['backend']}, "
-        f"profile {s['profile']}, {s['wall_s']} s"
-    )
-    typer.echo(
-        f"pass rate {s['pass_rate']:.3f} | loops {s['loop_rate']:.1%} | runaways "
-        f"{s['runaway_rate']:.1%} | invented commands {s['invented_command_rate']:.1%} | "
-        f"chars p50 {c['p50']:g} p90 {c['p90']:g} | one chunk {s['share_one_chunk']:.1%}"
-    )
-    for crit in v.criteria:
-        mark = "ok  " if crit.ok else "FAIL"
-        typer.echo(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
-    for crit in v.failing:
-        typer.echo(f"{crit.name}: {crit.what}; for example:")
-        for r in crit.examples:
-            reply = " ".join(r["reply"].split())
-            reply = reply if len(reply) <= 160 else reply[:159] + "…"
-            typer.echo(f"  [{r['item']}] {r['question']!r} -> {reply!r}")
-    typer.echo(v.label)
 
 
 # --- export, verify, modelfile check, deploy ---------------------------------------------------
@@ -550,7 +541,7 @@ def modelfile_check(
 
     Exit code 0: no errors; 1: errors; 2: the file cannot be read at all.
     """
-    from meshtune import modelfile
+    from meshtune.export import modelfile
 
     _quiet_transformers()
     findings = modelfile.check(file, gguf, load_registry(registry))
@@ -593,10 +584,10 @@ def deploy_cmd(
     with --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
     import shlex
 
-    from meshtune import export
+    from meshtune.export.deploy import deploy
 
     if to is not None:
-        from meshtune.remote import deploy_remote
+        from meshtune.export.remote import deploy_remote
 
         done = deploy_remote(
             run,
@@ -619,7 +610,7 @@ def deploy_cmd(
             typer.echo(f"restarted {done.restarted}")
         return
 
-    result = export.deploy(run, name, mesh_master_config, force)
+    result = deploy(run, name, mesh_master_config, force)
     command = shlex.join(result.command)
     if result.ran:
         typer.echo(f"ran: {command}")
@@ -700,20 +691,24 @@ def run_cmd(
         bot=bot,
         persona=persona,
     )
-    train, comparison = result["train"], result.get("comparison")
-    if comparison:  # the same view as `meshtune eval --compare`
-        typer.echo((Path(result["run_dir"]) / "eval" / "compare.md").read_text(encoding="utf-8"))
-    typer.echo(f"== done: {result['run_dir']}")
-    typer.echo(
-        f"train: {train['steps']} steps in {train['wall_time_s']:.0f} s, eval loss "
-        f"{train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
-    )
-    typer.echo(
-        (f"verdict: base {comparison['a']['verdict']}, " if comparison else "verdict: ")
-        + f"tuned {result['verdict']} (reports in {result['run_dir']}/eval)"
-    )
-    if not result["ready"]:
+    if result.comparison:  # the same view as `meshtune eval --compare`
+        typer.echo((RunDir(Path(result.run_dir)).eval / "compare.md").read_text(encoding="utf-8"))
+    for line in run_lines(result):
+        typer.echo(line)
+    if not result.ready:
         raise typer.Exit(1)
+
+
+def run_lines(result: PipelineResult) -> list[str]:
+    """`meshtune run`'s closing lines; a run with no held-out set has no eval losses to show."""
+    train = TrainSummary.from_dict(result.train)
+    losses = train.eval_losses(3) or "no held-out set (val_set_size 0)"
+    base = f"base {result.base_verdict}, " if result.base_verdict else ""
+    return [
+        f"== done: {result.run_dir}",
+        f"train: {train.steps} steps in {train.wall_time_s:.0f} s, {losses}",
+        f"verdict: {base}tuned {result.verdict} (reports in {result.run_dir}/eval)",
+    ]
 
 
 # ---------------------------------------------------------------- the error boundary

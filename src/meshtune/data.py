@@ -6,8 +6,8 @@ stable: E1xx are errors (the row cannot be used), W2xx are warnings (the row tra
 guide says it teaches the wrong thing).
 """
 
+import contextlib
 import json
-import os
 import random
 import re
 import statistics
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
+from meshtune.files import atomic
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
 MAX_LINE_BYTES = 1_000_000
@@ -261,6 +262,25 @@ def parse_row(
                 'wrap it as {"conversations": [...]} or {"messages": [...]}',
             )
         ]
+    found = _turn_list(row, spec, issue)
+    if isinstance(found, Issue):
+        return None, [found]
+    key, role_key, content_key, turns = found
+    messages, issues = _messages(turns, role_key, content_key, spec.role_names(), issue)
+    if issues:
+        return None, issues
+    issues = _check_order(messages, issue)
+    if issues:
+        return None, issues
+    meta = {k: v for k, v in row.items() if k != key}
+    return Conversation(tuple(messages), line, meta, text), []
+
+
+def _turn_list(
+    row: dict[str, Any], spec: DatasetSpec, issue: Any
+) -> tuple[str, str, str, list[Any]] | Issue:
+    """(turn list key, role key, content key, turns) of a row in the spec's format (or, with
+    none given, the row's own), else the one issue that stops it."""
     key, role_key, content_key = spec.keys()
     if key is None:  # detect the format per row
         if "conversations" in row:
@@ -268,24 +288,26 @@ def parse_row(
         elif "messages" in row:
             key, role_key, content_key = "messages", "role", "content"
         else:
-            return None, [
-                issue(
-                    "E103",
-                    'no "conversations" or "messages" list',
-                    "add the turn list (ShareGPT: conversations, OpenAI: messages)",
-                )
-            ]
+            return issue(
+                "E103",
+                'no "conversations" or "messages" list',
+                "add the turn list (ShareGPT: conversations, OpenAI: messages)",
+            )
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         what = "missing" if key not in row else ("empty" if turns == [] else "not a list")
-        return None, [
-            issue(
-                "E103",
-                f'"{key}" is {what}',
-                f'give "{key}" a list of turns ending with the assistant reply',
-            )
-        ]
-    role_names = spec.role_names()
+        return issue(
+            "E103",
+            f'"{key}" is {what}',
+            f'give "{key}" a list of turns ending with the assistant reply',
+        )
+    return key, role_key, content_key, turns
+
+
+def _messages(
+    turns: list[Any], role_key: str, content_key: str, role_names: dict[str, Role], issue: Any
+) -> tuple[list[Message], list[Issue]]:
+    """The turns as messages, and an issue for each turn that is not one."""
     issues: list[Issue] = []
     messages: list[Message] = []
     for n, turn in enumerate(turns, start=1):
@@ -316,8 +338,7 @@ def parse_row(
                     "make the content a string",
                 )
             )
-            continue
-        if not content.strip():
+        elif not content.strip():
             issues.append(
                 issue(
                     "E105",
@@ -325,15 +346,9 @@ def parse_row(
                     "write the turn's text or remove the turn",
                 )
             )
-            continue
-        messages.append(Message(role, content))
-    if issues:
-        return None, issues
-    issues = _check_order(messages, issue)
-    if issues:
-        return None, issues
-    meta = {k: v for k, v in row.items() if k != key}
-    return Conversation(tuple(messages), line, meta, text), []
+        else:
+            messages.append(Message(role, content))
+    return messages, issues
 
 
 def _check_order(messages: Sequence[Message], issue: Any) -> list[Issue]:
@@ -412,6 +427,23 @@ _NON_WORD = re.compile(r"[^\w\s]+")
 def normalize(text: str) -> str:
     """Lowercase words only: near-duplicates differ only in case, punctuation and spacing."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def canned_replies(answers: Iterable[tuple[str, str]], min_keys: int) -> set[str]:
+    """The normalized replies given to `min_keys` or more different keys (prompts, suite
+    items): `answers` are (reply, key) pairs; an empty reply is never canned."""
+    keys_by_reply: dict[str, set[str]] = defaultdict(set)
+    for reply, key in answers:
+        keys_by_reply[normalize(reply)].add(key)
+    return {r for r, keys in keys_by_reply.items() if r and len(keys) >= min_keys}
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
 
 
 def prompt_key(conv: Conversation) -> str:
@@ -589,31 +621,31 @@ def _lint_duplicates(convs: Sequence[Conversation], path: str) -> Iterator[Issue
 
 
 def _lint_canned(convs: Sequence[Conversation], path: str, limits: LintLimits) -> Iterator[Issue]:
-    prompts_by_reply: dict[str, set[str]] = defaultdict(set)
+    answers = [(reply, prompt_key(conv)) for conv in convs for reply in conv.replies]
+    canned = canned_replies(answers, limits.canned_prompts)
     lines_by_reply: dict[str, list[int]] = defaultdict(list)
+    prompts_by_reply: dict[str, set[str]] = defaultdict(set)
     openings: Counter[str] = Counter()
     first_opening_line: dict[str, int] = {}
-    total = 0
     for conv in convs:
-        key = prompt_key(conv)
         for reply in conv.replies:
             norm = normalize(reply)
-            prompts_by_reply[norm].add(key)
             lines_by_reply[norm].append(conv.line)
+            prompts_by_reply[norm].add(prompt_key(conv))
             op = " ".join(norm.split()[: limits.opening_words])
             openings[op] += 1
             first_opening_line.setdefault(op, conv.line)
-            total += 1
-    for norm, prompts in prompts_by_reply.items():
-        if len(prompts) >= limits.canned_prompts:
-            lines = lines_by_reply[norm]
+    for norm, lines in lines_by_reply.items():
+        if norm in canned:
             yield Issue(
                 "W206",
                 path,
                 lines[0],
-                f"the same reply answers {len(prompts)} different prompts (lines {_few(lines)})",
+                f"the same reply answers {len(prompts_by_reply[norm])} different prompts "
+                f"(lines {_few(lines)})",
                 "write a reply that fits each question",
             )
+    total = len(answers)
     cap = max(limits.opening_count, limits.opening_share * total)
     for op, count in openings.items():
         if op and count > cap:
@@ -663,16 +695,9 @@ def _percentiles(values: Sequence[int]) -> dict[str, float]:
     if not values:
         return {}
     ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
-
     return {
         "min": float(ordered[0]),
-        "p10": pct(10),
-        "p50": pct(50),
-        "p90": pct(90),
-        "p99": pct(99),
+        **{f"p{p}": percentile(ordered, p) for p in (10, 50, 90, 99)},
         "max": float(ordered[-1]),
         "mean": round(statistics.fmean(ordered), 1),
     }
@@ -780,29 +805,14 @@ def to_row(conv: Conversation, fmt: Format) -> dict[str, Any]:
 
 
 def write_jsonl(outputs: Mapping[Path, Iterable[str]]) -> None:
-    """Write each file's lines to a temp file beside it, then rename them all into place, so a
-    failure leaves no half-written output."""
-    temps: dict[Path, Path] = {}
-    where = next(iter(outputs), Path())
-    try:
+    """Write each file's lines, then rename them all into place, so a failure leaves no
+    half-written output."""
+    with contextlib.ExitStack() as stack:
         for path, lines in outputs.items():
-            where = path
-            tmp = temps[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp = stack.enter_context(atomic(path, fix="check the folder exists and is writable"))
             with tmp.open("w", encoding="utf-8", newline="\n") as f:
                 for line in lines:
                     f.write(line.rstrip("\r\n") + "\n")
-        for path, tmp in temps.items():
-            where = path
-            os.replace(tmp, path)
-    except BaseException as e:  # interrupted too: no temp file is left behind
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
-        # the error names the output, never the temp file it was being written to
-        raise MeshtuneError(
-            f"{where}: cannot write ({e.strerror}); check the folder exists and is writable"
-        ) from e
 
 
 def dumps(row: dict[str, Any]) -> str:

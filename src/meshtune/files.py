@@ -10,6 +10,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,20 +55,43 @@ def real_path(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+@contextmanager
+def atomic(
+    path: Path, hidden: bool = True, fix: str = "check the folder", what: str = ""
+) -> Iterator[Path]:
+    """The one way meshtune replaces an output: the caller writes a file or a folder at the
+    yielded temp path beside `path`; once the block ends without error it replaces `path` (a
+    folder there is removed first), otherwise it is removed and `path` is untouched. An OSError
+    is a one-line error naming `path`, never the temp file."""
+    tmp = temp_path(path, hidden)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise MeshtuneError(
+            f"{path}: cannot write{what and ' ' + what} ({e.strerror}); {fix}"
+        ) from e
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_text(path: Path, text: str) -> None:
     """Replace `path` (a symlink's target) with `text` once it is fully written; an existing
-    file keeps its permissions. Errors name `path`, never the temp file."""
+    file keeps its permissions."""
     path = real_path(path)
-    tmp = temp_path(path)
-    try:
+    with atomic(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         if path.exists():
             shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise MeshtuneError(f"{path}: cannot write ({e.strerror}); check the folder") from e
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -137,10 +162,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         m = _TEMP.fullmatch(p.name)
         if not m or _alive(int(m[1])):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        _remove(p)
         removed.append(p)
     return removed
 

@@ -1,21 +1,19 @@
 """Find and load base models: the embedded default, a Hugging Face folder, a GGUF file, or a
 Hugging Face id already in the local cache. Nothing is ever downloaded.
 
-A GGUF base is converted once into a plain Hugging Face folder in meshtune's cache (loading a
-GGUF through transformers dequantizes with numpy, 20-30 s for the embedded model; the folder
-then loads in about a second).
+A GGUF base is converted once into a plain Hugging Face folder in meshtune's cache: loading a
+GGUF through transformers dequantizes it with numpy, every time; the folder loads directly.
 """
 
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from meshtune.errors import MeshtuneError
-from meshtune.files import remove_stale_temps, temp_path
+from meshtune.files import atomic, remove_stale_temps
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_ALIASES = {EMBEDDED, "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -203,19 +201,16 @@ def _converted(gguf: Path, key: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = temp_path(folder, hidden=False)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(folder.parent)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
     except OSError as e:
         raise MeshtuneError(
             f"{folder}: cannot write the converted model ({e.strerror}); check {cache_root()} "
             "(MESHTUNE_CACHE) is writable"
         ) from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(folder.parent)
+    fix = f"check {cache_root()} (MESHTUNE_CACHE) is writable"
+    with atomic(folder, hidden=False, fix=fix, what="the converted model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return folder

@@ -7,11 +7,12 @@ Each stage is its own command too; this module only calls them in order and repo
 """
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from meshtune.errors import MeshtuneError
 from meshtune.meshmaster import SHIPPED, BotConfig
+from meshtune.rundir import PipelineResult, RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "embedded-cpu.yaml"
@@ -27,12 +28,11 @@ def run(
     log: Callable[[str], None] = print,
     bot: BotConfig = SHIPPED,
     persona: str | None = None,
-) -> dict[str, Any]:
+) -> PipelineResult:
     """Train, export and evaluate; returns what each stage measured (also in RUN/run.json).
     The evaluation sends Mesh Master's request for the operator's config `bot` and `persona`."""
     from meshtune.evaluate import compare, evaluate
     from meshtune.export import export
-    from meshtune.files import write_json
     from meshtune.recipe import load_recipe
     from meshtune.train import Options, train
 
@@ -43,6 +43,7 @@ def run(
 
     log(f"== train: {recipe} -> {run_dir}")
     trained = train(loaded, Options(run_dir, overwrite=overwrite), log)
+    assert trained is not None  # `meshtune run` is one process
 
     log(f"== export: {quant} GGUF, Modelfile, proof")
     exported, verification = export(run_dir, quant, progress=log)
@@ -52,33 +53,22 @@ def run(
         raise MeshtuneError(f"{run_dir}: the exported model failed verification; see above")
 
     log(f"== eval: the {suite} suite under Mesh Master's request, through llama.cpp")
-    out = run_dir / "eval"
+    out = RunDir(run_dir).eval
     asked = {"backend": "llamacpp", "samples": samples, "bot": bot, "persona": persona}
     tuned = evaluate(str(run_dir), suite, out=out / "tuned", **asked)
-    result: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "train": {
-            k: trained[k]
-            for k in (
-                "steps",
-                "wall_time_s",
-                "tokens_per_s",
-                "eval_loss_before",
-                "eval_loss_after",
-                "best_step",
-            )
-        },
-        "export": {"gguf": exported.gguf, "seconds": exported.seconds, "verified": verification.ok},
-        "verdict": tuned.verdict.label,
-        "ready": tuned.ready,
-    }
+    measured = asdict(trained)
+    result = PipelineResult(
+        run_dir=str(run_dir),
+        train={k: measured[k] for k in PipelineResult.TRAIN_KEYS},
+        export={"gguf": exported.gguf, "seconds": exported.seconds, "verified": verification.ok},
+        verdict=tuned.verdict.label,
+        ready=tuned.ready,
+    )
     base = loaded.recipe.base_model
     if _runs_in_llama_cpp(base):  # the baseline the training must beat
         evaluate(base, suite, out=out / "base", **asked)
-        result["comparison"] = compare(
-            str(out / "base"), str(out / "tuned"), suite, out=out
-        ).to_dict()
-    write_json(run_dir / "run.json", result)
+        result.comparison = compare(str(out / "base"), str(out / "tuned"), suite, out=out).to_dict()
+    result.save(RunDir(run_dir).run_record)
     return result
 
 

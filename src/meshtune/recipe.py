@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meshtune.data import DatasetSpec
 from meshtune.errors import MeshtuneError
@@ -102,6 +109,9 @@ class Recipe(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_linear: bool = False
     lora_target_modules: list[str] | None = None
+    # LoRA on these decoder layers only (0-based); on any engine the backward pass then stops
+    # at the lowest of them, so top layers alone train in a fraction of the time.
+    peft_layers_to_transform: list[int] | None = Field(None, min_length=1)
 
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -138,6 +148,13 @@ class Recipe(BaseModel):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         return self
+
+    @field_validator("peft_layers_to_transform")
+    @classmethod
+    def _layers_distinct(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and (min(layers) < 0 or len(set(layers)) != len(layers)):
+            raise ValueError("peft_layers_to_transform: distinct layer numbers from 0")
+        return sorted(layers) if layers else layers
 
     @property
     def quantized(self) -> bool:

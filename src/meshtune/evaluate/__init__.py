@@ -32,8 +32,8 @@ from meshtune.evaluate.backends import (
 )
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
-from meshtune.evaluate.suite import Item, Suite, load_suite
 from meshtune.meshmaster import SHIPPED, BotConfig
+from meshtune.suites import Item, Suite, load_suite
 
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result"]
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshtune import meshmaster, models
+from meshtune import models, rundir
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
-from meshtune.files import read_json
+from meshtune.ollama import REPEAT_LAST_N, Sampling
+from meshtune.rundir import RunDir
 
 BACKENDS = ("hf", "llamacpp", "openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
 TIMEOUT_S = 120  # Mesh Master's ollama_timeout
-REPEAT_LAST_N = 64  # Ollama's and llama.cpp's default look-back of repeat_penalty
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +72,8 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
     if backend is not None and backend not in BACKENDS:
         raise MeshtuneError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     path = Path(model).expanduser()
-    run = path if (path / "train_summary.json").is_file() else None
-    deploy_system = system if system is not None else _run_system_prompt(run)
+    run = path if RunDir(path).is_trained() else None
+    deploy_system = system if system is not None else rundir.system_prompt(run)
     if backend == "ollama":
         # Ollama adds the served model's Modelfile SYSTEM itself; Mesh Master sends none.
         if system is not None:
@@ -112,23 +112,11 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
     )
 
 
-def _run_system_prompt(run: Path | None) -> str:
-    if run is None:
-        return meshmaster.DEFAULT_SYSTEM_PROMPT
-    summary = read_json(run / "train_summary.json", "re-run `meshtune train`")
-    return summary.get("system_prompt") or meshmaster.DEFAULT_SYSTEM_PROMPT
-
-
 def _run_ggufs(run: Path) -> list[Path]:
     """The GGUF the latest `meshtune export` wrote (the one its Modelfile names), else every
     GGUF in the run."""
-    try:
-        named = run / json.loads((run / "export.json").read_text())["gguf"]
-    except (OSError, ValueError, KeyError, TypeError):
-        named = None
-    if named is not None and named.is_file():
-        return [named]
-    return sorted(run.glob("*.gguf"))
+    named = RunDir(run).exported_gguf()
+    return [named] if named is not None else sorted(run.glob("*.gguf"))
 
 
 def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
@@ -147,13 +135,10 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
             names = ", ".join(g.name for g in ggufs)
             raise MeshtuneError(f"{run}: several GGUF files ({names}); pass the one to evaluate")
         return ModelSpec(model, run.name, backend, system, ggufs[0], None, None, run, opts)
-    if (run / "merged" / "config.json").is_file():
-        return ModelSpec(
-            model, run.name, backend, system, None, str(run / "merged"), None, run, opts
-        )
-    from meshtune.export import load_run  # the one reader of a training run's layout
-
-    trained = load_run(run)
+    merged = RunDir(run).merged
+    if (merged / "config.json").is_file():
+        return ModelSpec(model, run.name, backend, system, None, str(merged), None, run, opts)
+    trained = rundir.load_trained(run)
     return ModelSpec(
         model, run.name, backend, system, None, trained.base_model, trained.adapter, run, opts
     )
@@ -172,7 +157,7 @@ def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = 
 
 
 def default_threads() -> int:
-    # Small models gain nothing from many threads; 2 matched the best speed on 2 cores.
+    # Small models gain little from many threads (benchmarks/eval_speed.py measures it).
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -183,8 +168,9 @@ class LlamaCppBackend:
     """llama.cpp in-process, with the GGUF's own chat template.
 
     Throughput: one lane per CPU thread, each a llama.cpp context decoding on one thread, and
-    items are spread over the lanes (on 2 cores: 1.4x the speed of one context on 2 threads,
-    and no collapse when other processes take a core, since no thread waits for another).
+    items are spread over the lanes (faster than one context on all threads, and no collapse
+    when other processes take a core, since no thread waits for another; the README's eval
+    speed figures come from benchmarks/eval_speed.py).
     In a lane, all samples of one request are decoded together as parallel sequences of one
     batch: the prompt is evaluated once and its KV cells are shared. The prompt prefix shared
     with the lane's previous request (system prompt, Mesh Master's text) stays cached.
@@ -193,8 +179,7 @@ class LlamaCppBackend:
     generated tokens, top_k, top_p, min_p, temperature, then a draw seeded with its own seed),
     so a single sample reproduces `Llama.create_chat_completion` with that seed. Sequences
     decoded together sum their attention in another order, so a near-tie token may differ from
-    a one-at-a-time run. Runs are deterministic: the mesh baseline (603 replies) came out
-    identical with one lane of 2 threads and two lanes of 1 thread.
+    a one-at-a-time run. Runs are deterministic: the same seeds give the same replies.
     """
 
     name = "llamacpp"
@@ -217,12 +202,12 @@ class LlamaCppBackend:
             raise MeshtuneError(
                 f"{gguf}: no chat template in the GGUF metadata; export it with meshtune export"
             )
-        model = self.llm._model
+        vocab = C.llama_model_get_vocab(self.llm.model)
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
         self.formatter = llama_chat_format.Jinja2ChatFormatter(
             template,
-            eos_token=model.token_get_text(eos) if eos != -1 else "",
-            bos_token=model.token_get_text(bos) if bos != -1 else "",
+            eos_token=C.llama_vocab_get_text(vocab, eos).decode() if eos != -1 else "",
+            bos_token=C.llama_vocab_get_text(vocab, bos).decode() if bos != -1 else "",
             stop_token_ids=[eos],
         )
         # Llama's own context settings (flash attention off, as llama-cpp-python sets it), one
@@ -235,6 +220,9 @@ class LlamaCppBackend:
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = 1
         self.C, self.internals, self.n_ctx = C, internals, n_ctx
+        # A lane's context needs llama-cpp-python's model wrapper, which it exposes only as
+        # Llama._model (no public accessor); the wrapper frees the contexts with the model.
+        model = self.llm._model
         self.lanes = [
             _Lane(C, internals, model, params) for _ in range(threads or default_threads())
         ]
@@ -269,8 +257,8 @@ class LlamaCppBackend:
         last = lane.eval_prompt(prompt)
         for s in range(1, len(seeds)):
             C.llama_memory_seq_cp(lane.ctx.memory, 0, s, -1, -1)
-        samplers = [self._sampler(request.profile.options, seed) for seed in seeds]
-        vocab = self.llm._model.vocab
+        samplers = [self._sampler(request.profile.sampling, seed) for seed in seeds]
+        vocab = C.llama_model_get_vocab(self.llm.model)
         tokens: list[list[int]] = [[] for _ in seeds]
         finish = ["length"] * len(seeds)
         logits_at = [last] * len(seeds)  # where each sequence's next-token logits are
@@ -306,20 +294,18 @@ class LlamaCppBackend:
             for s, t in enumerate(tokens)
         ]
 
-    def _sampler(self, o: dict[str, Any], seed: int) -> Any:
-        """llama-cpp-python's chain (Llama._init_sampler) with Ollama's defaults."""
+    def _sampler(self, o: Sampling, seed: int) -> Any:
+        """llama-cpp-python's chain (Llama._init_sampler)."""
         sampler = self.internals.LlamaSampler()
-        penalty = float(o.get("repeat_penalty", 1.1))
-        sampler.add_penalties(self.llm.n_vocab(), REPEAT_LAST_N, penalty, 0.0, 0.0)
-        temperature = float(o.get("temperature", 0.8))
-        if temperature <= 0:
+        sampler.add_penalties(self.llm.n_vocab(), REPEAT_LAST_N, o.repeat_penalty, 0.0, 0.0)
+        if o.temperature <= 0:
             sampler.add_greedy()
             return sampler
-        sampler.add_top_k(int(o.get("top_k", 40)))
+        sampler.add_top_k(o.top_k)
         sampler.add_typical(1.0, 1)
-        sampler.add_top_p(float(o.get("top_p", 0.9)), 1)
-        sampler.add_min_p(float(o.get("min_p", 0.0)), 1)  # Ollama's default min_p is 0
-        sampler.add_temp(temperature)
+        sampler.add_top_p(o.top_p, 1)
+        sampler.add_min_p(o.min_p, 1)
+        sampler.add_temp(o.temperature)
         sampler.add_dist(seed)
         return sampler
 
@@ -412,23 +398,21 @@ class HFBackend:
         from meshtune.chat import render
         from meshtune.data import Message
 
-        o = request.profile.options
+        o = request.profile.sampling
         messages = [Message(m["role"], m["content"]) for m in request.messages]  # type: ignore[arg-type]
         text = render(self.tokenizer, messages, generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        temperature = float(o.get("temperature", 0.8))
         sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
+        if o.temperature > 0:
             sampling = {
                 "do_sample": True,
-                "temperature": temperature,
-                "top_p": float(o.get("top_p", 0.9)),
-                "top_k": int(o.get("top_k", 40)),
+                "temperature": o.temperature,
+                "top_p": o.top_p,
+                "top_k": o.top_k,
             }
         processors = LogitsProcessorList()
-        penalty = float(o.get("repeat_penalty", 1.0))
-        if penalty != 1.0:
-            processors.append(WindowRepeatPenalty(penalty, ids.shape[1]))
+        if o.repeat_penalty != 1.0:
+            processors.append(WindowRepeatPenalty(o.repeat_penalty, ids.shape[1]))
         self.torch.manual_seed(seed)
         start = time.perf_counter()
         with self.torch.no_grad():
@@ -542,15 +526,15 @@ class OpenAIBackend:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def generate(self, request: Request, seed: int) -> Generation:
-        o = request.profile.options
+        o = request.profile.sampling
         body = {
             "model": self.model,
             "messages": request.messages,
-            "temperature": float(o.get("temperature", 0.8)),
-            "top_p": float(o.get("top_p", 0.9)),
-            "top_k": int(o.get("top_k", 40)),
-            "min_p": float(o.get("min_p", 0.0)),
-            "repeat_penalty": float(o.get("repeat_penalty", 1.1)),
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "top_k": o.top_k,
+            "min_p": o.min_p,
+            "repeat_penalty": o.repeat_penalty,
             "max_tokens": request.profile.num_predict,
             "seed": seed,
         }

@@ -20,6 +20,7 @@ The two red-flag rates allow 2%: the guide names them as habits ("consistently")
 question such as "what commands are there?" may deserve a short list.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,92 +131,78 @@ def _spread(rows: list[dict[str, Any]], n: int = EXAMPLES) -> list[dict[str, Any
     return picked
 
 
+# The rate criteria: (name, GateConfig limit, summary key, what it measures, flagged reply).
+_RATES: tuple[tuple[str, str, str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("loops", "max_loop_rate", "loop_rate", "share of replies that loop",
+     lambda r: r["loop"] is not None),
+    ("runaways", "max_runaway_rate", "runaway_rate",
+     "share of replies that hit num_predict without an end token", lambda r: r["runaway"]),
+    ("invented commands", "max_invented_command_rate", "invented_command_rate",
+     "share of replies naming a command the bot does not have",
+     lambda r: r["invented_commands"]),
+    ("command dumps", "max_command_dump_rate", "command_dump_rate",
+     "share of replies that list commands instead of answering", lambda r: r["command_dump"]),
+    ("canned replies", "max_canned_rate", "canned_rate",
+     "share of replies given word for word to 3+ different prompts", lambda r: r.get("canned")),
+)  # fmt: skip
+
+
 def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) -> Verdict:
     criteria: list[Criterion] = []
-
-    def at_most(name: str, limit: float | None, value: float, what: str, flag: Any) -> None:
-        if limit is None:
-            return
-        ok = value <= limit
-        bad = [] if ok else _spread([r for r in rows if flag(r)])
-        criteria.append(Criterion(name, ok, value, f"<= {limit:g}", what, bad))
-
-    at_most(
-        "loops",
-        cfg.max_loop_rate,
-        summary["loop_rate"],
-        "share of replies that loop",
-        lambda r: r["loop"] is not None,
-    )
-    at_most(
-        "runaways",
-        cfg.max_runaway_rate,
-        summary["runaway_rate"],
-        "share of replies that hit num_predict without an end token",
-        lambda r: r["runaway"],
-    )
-    at_most(
-        "invented commands",
-        cfg.max_invented_command_rate,
-        summary["invented_command_rate"],
-        "share of replies naming a command the bot does not have",
-        lambda r: r["invented_commands"],
-    )
-    at_most(
-        "command dumps",
-        cfg.max_command_dump_rate,
-        summary["command_dump_rate"],
-        "share of replies that list commands instead of answering",
-        lambda r: r["command_dump"],
-    )
-    at_most(
-        "canned replies",
-        cfg.max_canned_rate,
-        summary["canned_rate"],
-        "share of replies given word for word to 3+ different prompts",
-        lambda r: r.get("canned"),
-    )
-    longest = sorted(rows, key=lambda r: -r["chars"])
+    for name, limit_key, key, what, flagged in _RATES:
+        limit = getattr(cfg, limit_key)
+        if limit is not None:
+            value = summary[key]
+            ok = value <= limit
+            bad = [] if ok else _spread([r for r in rows if flagged(r)])
+            criteria.append(Criterion(name, ok, value, f"<= {limit:g}", what, bad))
     if cfg.max_p90_chars is not None:
         value = summary["chars"]["p90"]
         ok = value <= cfg.max_p90_chars
+        longest = sorted(rows, key=lambda r: -r["chars"])
         criteria.append(
-            Criterion(
+            _criterion(
                 "p90 length",
                 ok,
                 value,
                 f"<= {cfg.max_p90_chars:g} chars",
                 "90th percentile of reply characters",
-                [] if ok else _spread(longest),
+                longest,
             )
         )
     if cfg.median_chars is not None:
         lo, hi = cfg.median_chars
         value = summary["chars"]["p50"]
-        ok = lo <= value <= hi
         typical = sorted(rows, key=lambda r: abs(r["chars"] - value))  # replies near the median
         criteria.append(
-            Criterion(
+            _criterion(
                 "median length",
-                ok,
+                lo <= value <= hi,
                 value,
                 f"{lo:g}-{hi:g} chars",
                 "median reply characters",
-                [] if ok else _spread(typical),
+                typical,
             )
         )
     if cfg.min_pass_rate is not None:
         value = summary["pass_rate"]
-        ok = value >= cfg.min_pass_rate
         failed = [r for r in rows if not r["passed"]]
+        ok = value >= cfg.min_pass_rate
         criteria.append(
-            Criterion(
+            _criterion(
                 "item pass rate",
                 ok,
                 value,
                 f">= {cfg.min_pass_rate:g}",
                 "mean share of samples passing their item's checks",
-                [] if ok else _spread(failed),
+                failed,
             )
         )
     return Verdict(all(c.ok for c in criteria), criteria)
+
+
+def _criterion(
+    name: str, ok: bool, value: float, limit: str, what: str, examples: list[dict[str, Any]]
+) -> Criterion:
+    """A criterion with example replies (the first of `examples`) when it fails."""
+    return Criterion(name, ok, value, limit, what, [] if ok else _spread(examples))

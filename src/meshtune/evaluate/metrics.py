@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshtune.commands import Registry
-from meshtune.evaluate.suite import Item, matches
+from meshtune.data import canned_replies, normalize, percentile
 from meshtune.meshmaster import split_chunks
+from meshtune.suites import Item, matches
 
 # Loop detector thresholds. A reply loops when any of these holds:
 LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...
@@ -141,28 +142,12 @@ def measure(
     }
 
 
-def normalized(text: str) -> str:
-    return " ".join(_words(text))
-
-
 def mark_canned(rows: Sequence[dict[str, Any]]) -> None:
     """Set row["canned"]: the same reply (case, spacing and punctuation ignored) was given to
     CANNED_MIN_ITEMS or more different items."""
-    items_by_reply: dict[str, set[str]] = defaultdict(set)
+    canned = canned_replies(((r["reply"], r["item"]) for r in rows), CANNED_MIN_ITEMS)
     for r in rows:
-        if r["reply"].strip():
-            items_by_reply[normalized(r["reply"])].add(r["item"])
-    for r in rows:
-        key = normalized(r["reply"])
-        r["canned"] = bool(key) and len(items_by_reply[key]) >= CANNED_MIN_ITEMS
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))])
+        r["canned"] = normalize(r["reply"]) in canned
 
 
 def _share(flags: Sequence[bool]) -> float:

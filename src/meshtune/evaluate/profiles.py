@@ -16,26 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from meshtune import meshmaster
+from meshtune import meshmaster, ollama
 from meshtune.errors import MeshtuneError
-from meshtune.evaluate.suite import Item
+from meshtune.ollama import Sampling, guide_sampling
+from meshtune.rundir import RunDir
+from meshtune.suites import Item
 
 PROFILES = ("meshmaster", "modelfile", "no-penalty", "greedy")
 
-# The v2 guide's Modelfile PARAMETERs, used for the modelfile profile when the model brings no
-# Modelfile and no recipe `ollama:` block. num_predict -1 (Ollama: unlimited) is capped at
-# UNLIMITED_CAP tokens here so a runaway still ends.
-GUIDE_MODELFILE_OPTIONS = {
-    "temperature": 0.5,
-    "repeat_penalty": 1.15,
-    "num_predict": 200,
-    "top_p": 0.85,
-    "top_k": 30,
-}
+# A num_predict of -1 (Ollama: unlimited) is capped at UNLIMITED_CAP tokens here so a runaway
+# still ends.
 UNLIMITED_CAP = 512
-SAMPLING_KEYS = ("num_predict", "temperature", "top_p", "top_k", "repeat_penalty", "min_p")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +37,12 @@ class Profile:
     from_modelfile: bool = False  # options are the served model's own (Ollama: send none)
 
     @property
+    def sampling(self) -> Sampling:
+        return Sampling.of(self.options)
+
+    @property
     def sampled(self) -> bool:
-        return self.options.get("temperature", 0.8) > 0
+        return self.sampling.temperature > 0
 
     @property
     def num_predict(self) -> int:
@@ -89,7 +84,8 @@ def get_profile(
     if name == "greedy":
         return Profile(name, {**base, "temperature": 0.0}, True)
     if name == "modelfile":
-        options = modelfile_options if modelfile_options is not None else GUIDE_MODELFILE_OPTIONS
+        # The guide's values when the model brings no Modelfile and no recipe `ollama:` block.
+        options = modelfile_options if modelfile_options is not None else guide_sampling()
         return Profile(name, dict(options), False, from_modelfile=True)
     raise MeshtuneError(f"unknown profile '{name}'; use one of {', '.join(PROFILES)}")
 
@@ -121,30 +117,12 @@ def build_request(
     return Request(system_prompt, chat, profile, own_system)
 
 
-def parse_modelfile(path: Path) -> dict[str, Any]:
-    """The sampling PARAMETERs of an Ollama Modelfile (others, such as stop, are ignored)."""
-    from meshtune import modelfile
-
-    options: dict[str, Any] = {}
-    for c in modelfile.read(path).parameters:
-        if c.name in SAMPLING_KEYS:
-            try:
-                value = float(c.args)
-            except ValueError as e:
-                raise MeshtuneError(
-                    f"{path}:{c.line}: PARAMETER {c.name} {c.args!r} is not a number; fix it"
-                ) from e
-            options[c.name] = int(value) if c.name in ("num_predict", "top_k") else value
-    return options
-
-
 def modelfile_system(folder: Path) -> str | None:
     """The SYSTEM of the Modelfile in `folder`, if there is one."""
-    from meshtune import modelfile
-
-    if not (folder / "Modelfile").is_file():
+    path = RunDir(folder).modelfile
+    if not path.is_file():
         return None
-    system = modelfile.read(folder / "Modelfile").first("system")
+    system = ollama.read(path).first("system")
     return system.args if system else None
 
 
@@ -153,16 +131,9 @@ def modelfile_options(folder: Path | None) -> dict[str, Any] | None:
     None when neither exists (the guide's values are used)."""
     if folder is None:
         return None
-    if (folder / "Modelfile").is_file():
-        return {**GUIDE_MODELFILE_OPTIONS, **parse_modelfile(folder / "Modelfile")}
-    recipe = folder / "recipe.yaml"
-    if recipe.is_file():
-        try:
-            raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise MeshtuneError(f"{recipe}: not valid YAML; fix the syntax") from e
-        ollama = raw.get("ollama") if isinstance(raw, dict) else None
-        if isinstance(ollama, dict):
-            picked = {k: v for k, v in ollama.items() if k in SAMPLING_KEYS}
-            return {**GUIDE_MODELFILE_OPTIONS, **picked}
+    run = RunDir(folder)  # or the folder of a GGUF, with a Modelfile beside it
+    if run.modelfile.is_file():
+        return guide_sampling(ollama.sampling_options(run.modelfile))
+    if run.recipe.is_file():
+        return guide_sampling(run.ollama_overrides())
     return None

@@ -188,6 +188,31 @@ def render_markdown(result: "EvalResult") -> str:
     return "\n".join(lines)
 
 
+def render_verdict(result: "EvalResult") -> str:
+    """What `meshtune eval` prints: the run, its numbers, each criterion, the failing ones'
+    example replies, and READY or NOT READY."""
+    s, v = result.summary, result.verdict
+    c = s["chars"]
+    lines = [
+        f"{s['label']} on {s['suite']} ({s['items']} items x {s['samples']}) via {s['backend']}, "
+        f"profile {s['profile']}, {s['wall_s']} s",
+        f"pass rate {s['pass_rate']:.3f} | loops {s['loop_rate']:.1%} | runaways "
+        f"{s['runaway_rate']:.1%} | invented commands {s['invented_command_rate']:.1%} | "
+        f"chars p50 {c['p50']:g} p90 {c['p90']:g} | one chunk {s['share_one_chunk']:.1%}",
+    ]
+    for crit in v.criteria:
+        mark = "ok  " if crit.ok else "FAIL"
+        lines.append(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
+    for crit in v.failing:
+        lines.append(f"{crit.name}: {crit.what}; for example:")
+        for r in crit.examples:
+            reply = " ".join(r["reply"].split())
+            reply = reply if len(reply) <= 160 else reply[:159] + "…"
+            lines.append(f"  [{r['item']}] {r['question']!r} -> {reply!r}")
+    lines.append(v.label)
+    return "\n".join(lines)
+
+
 def render_comparison(comp: "Comparison") -> str:
     a, b = comp.a.summary, comp.b.summary
     lines = [

@@ -1,6 +1,6 @@
 """LoRA fine-tuning: the plan (plan.py), the data (examples.py, packing.py), attention over
 packed conversations (attention.py), the loss (loss.py), the model (model.py), the loop
-(loop.py) and what it writes (rundir.py)."""
+(loop.py) and how it writes its files (outputs.py)."""
 
 from meshtune.train.attention import PACKED_ATTENTION, register_packed_attention
 from meshtune.train.examples import encode_all, load_splits

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from meshtune.errors import MeshtuneError
-from meshtune.files import write_json
+from meshtune.files import write_text
 from meshtune.models import resolve
 from meshtune.recipe import LoadedRecipe, Recipe, dump_recipe
+from meshtune.rundir import RunDir, TrainSummary
 from meshtune.train import model as models
 from meshtune.train.loss import micro_loss, packed_causal_lm, to_device
-from meshtune.train.packing import EMPTY, Batch, join, micro_batches, pack
-from meshtune.train.plan import CPU_ENGINE, CUDA_ENGINE, Plan, plan_examples, tokenize
-from meshtune.train.rundir import (
+from meshtune.train.outputs import (
     MetricsLog,
     check_run_dir,
     load_adapter,
@@ -40,6 +39,8 @@ from meshtune.train.rundir import (
     save_adapter,
     save_checkpoint,
 )
+from meshtune.train.packing import EMPTY, Batch, join, micro_batches, pack
+from meshtune.train.plan import CPU_ENGINE, CUDA_ENGINE, Plan, plan_examples, tokenize
 from meshtune.train.state import TrainState
 
 CUDA_LOG_EVERY = 10  # steps between reads of the loss from the GPU (each read waits for it)
@@ -57,9 +58,9 @@ class Options:
     compile: bool = True  # CUDA: compile the decoder layers
 
 
-def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, Any]:
-    """Run the recipe; returns the summary also written to train_summary.json (an empty dict
-    on the other processes of a multi-process run)."""
+def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary | None:
+    """Run the recipe; returns the summary also written to train_summary.json (None on the
+    other processes of a multi-process run)."""
     import torch
     from accelerate import Accelerator
 
@@ -108,7 +109,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     if opts.resume:
         state = restore_checkpoint(run, peft_model, optimizer, scheduler, say)
     if main:
-        (run / "recipe.yaml").write_text(dump_recipe(recipe))
+        write_text(RunDir(run).recipe, dump_recipe(recipe))
     eval_rows = pack(data.eval, recipe.sequence_len, recipe.sample_packing, None, engine.share)
     trainer = Trainer(
         recipe=recipe,
@@ -121,7 +122,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
         scheduler=scheduler,
         params=params,
         state=state,
-        metrics=MetricsLog(run / "metrics.jsonl", state.step if opts.resume else 0, main),
+        metrics=MetricsLog(RunDir(run).metrics, state.step if opts.resume else 0, main),
         eval_batches=engine.batches(
             micro_batches(eval_rows, recipe.micro_batch_size, engine.share)
         ),
@@ -135,7 +136,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> dict[str, An
     summary = trainer.finish(base.folder, wall, cuda, precision)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return summary if main else {}
+    return summary if main else None
 
 
 @dataclass
@@ -295,7 +296,7 @@ class Trainer:
         self.metrics.write({"step": 0, "eval_loss": state.eval_before})
         self.say(f"eval loss before training: {state.eval_before:.4f}")
         if self.main:
-            save_adapter(self.peft_model, self.run / "best")
+            save_adapter(self.peft_model, RunDir(self.run).best)
 
     def evaluate_step(self, step: int, progress: "Progress") -> None:
         state, recipe = self.state, self.recipe
@@ -304,7 +305,7 @@ class Trainer:
         progress.write(f"step {step}: eval loss {loss:.4f} (train {state.train_losses[-1]:.4f})")
         state.record_eval(step, loss)
         if state.best_step == step and self.main:
-            save_adapter(self.peft_model, self.run / "best")
+            save_adapter(self.peft_model, RunDir(self.run).best)
         for warning in state.health(recipe):
             progress.write(f"WARNING: {warning}")
         if recipe.early_stopping_patience and state.bad_evals >= recipe.early_stopping_patience:
@@ -314,62 +315,58 @@ class Trainer:
             )
             state.stopped_early = True
 
-    def finish(self, base_folder: Path, wall: float, cuda: bool, precision: str) -> dict[str, Any]:
+    def finish(self, base_folder: Path, wall: float, cuda: bool, precision: str) -> TrainSummary:
         """The final adapter (the best one if the recipe asks), its eval loss, the summary and
         the files."""
-        recipe, state, run = self.recipe, self.state, self.run
+        recipe, state, run = self.recipe, self.state, RunDir(self.run)
         final_step = state.step
-        if (
-            recipe.load_best_model_at_end
-            and (run / "best").is_dir()
-            and state.best_step is not None
-        ):
-            load_adapter(self.peft_model, run / "best")
+        if recipe.load_best_model_at_end and run.best.is_dir() and state.best_step is not None:
+            load_adapter(self.peft_model, run.best)
             final_step = state.best_step
         eval_after = {0: state.eval_before, **dict(state.evals)}.get(final_step)
         if self.eval_batches and eval_after is None:  # a resumed run that had nothing left
             eval_after = self.eval_loss()
         summary = self.summary(base_folder, eval_after, wall, cuda, precision)
         if self.main:
-            save_adapter(self.peft_model, run / "adapter")
+            save_adapter(self.peft_model, run.adapter)
             if not self.eval_batches:
-                shutil.rmtree(run / "best", ignore_errors=True)
-            write_json(run / "train_summary.json", summary)
-            plot_losses(run / "metrics.jsonl", run / "loss.png")
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+                shutil.rmtree(run.best, ignore_errors=True)
+            summary.save(run.summary)
+            plot_losses(run.metrics, run.loss_plot)
+            shutil.rmtree(run.checkpoints, ignore_errors=True)
         return summary
 
     def summary(
         self, base_folder: Path, eval_after: float | None, wall: float, cuda: bool, precision: str
-    ) -> dict[str, Any]:
+    ) -> TrainSummary:
         recipe, state, plan = self.recipe, self.state, self.plan
         world = self.accelerator.num_processes
         held_out = bool(self.eval_batches)
-        return {
-            "base_model": recipe.base_model,
-            "base_folder": str(base_folder),
-            "family": plan.family,
-            "system_prompt": recipe.system_prompt,
-            "steps": state.step,
-            "total_steps_planned": plan.total_steps,
-            "epochs": round(state.epoch, 4),
-            "stopped_early": state.stopped_early,
-            "eval_loss_before": state.eval_before,
-            "eval_loss_after": eval_after,
-            "best_step": state.best_step,
-            "best_eval_loss": state.best_loss if held_out else None,
-            "best_adapter": "best" if held_out else "adapter",
-            "final_adapter_is": "best" if recipe.load_best_model_at_end and held_out else "last",
-            "final_train_loss": state.train_losses[-1] if state.train_losses else None,
-            "wall_time_s": round(wall, 1),
-            "tokens_per_s": round(self.tokens_seen * world / wall, 1) if wall else None,
-            "trained_tokens_per_s": round(self.trained_seen * world / wall, 1) if wall else None,
-            "device": "cuda" if cuda else "cpu",
-            "precision": precision,
-            "world_size": world,
-            "warnings": state.warnings,
-            "plan": asdict(plan),
-        }
+        return TrainSummary(
+            base_model=recipe.base_model,
+            base_folder=str(base_folder),
+            family=plan.family,
+            system_prompt=recipe.system_prompt,
+            steps=state.step,
+            total_steps_planned=plan.total_steps,
+            epochs=round(state.epoch, 4),
+            stopped_early=state.stopped_early,
+            eval_loss_before=state.eval_before,
+            eval_loss_after=eval_after,
+            best_step=state.best_step,
+            best_eval_loss=state.best_loss if held_out else None,
+            best_adapter="best" if held_out else "adapter",
+            final_adapter_is="best" if recipe.load_best_model_at_end and held_out else "last",
+            final_train_loss=state.train_losses[-1] if state.train_losses else None,
+            wall_time_s=round(wall, 1),
+            tokens_per_s=round(self.tokens_seen * world / wall, 1) if wall else None,
+            trained_tokens_per_s=round(self.trained_seen * world / wall, 1) if wall else None,
+            device="cuda" if cuda else "cpu",
+            precision=precision,
+            world_size=world,
+            warnings=state.warnings,
+            plan=asdict(plan),
+        )
 
 
 def _steps(

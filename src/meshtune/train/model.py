@@ -76,15 +76,40 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if "quantization_config" in kwargs:
         model = prepare_model_for_kbit_training(model)
+    layers = recipe.peft_layers_to_transform
+    count = model.config.num_hidden_layers
+    if layers and layers[-1] >= count:
+        raise MeshtuneError(
+            f"peft_layers_to_transform: layer {layers[-1]} does not exist; the base model has "
+            f"{count} layers, numbered 0 to {count - 1}"
+        )
+    targets = recipe.target_modules
+    if layers and targets == "all-linear":
+        targets = _linear_names(model)
     config = LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
     return model.to("cuda") if cuda and "quantization_config" not in kwargs else model
+
+
+def _linear_names(model: Any) -> list[str]:
+    """peft's "all-linear" spelled out (it takes no layer list with a pattern): every linear
+    projection's name, the output head excepted."""
+    import torch
+
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"
+        }
+    )
 
 
 def optimizer(recipe: Recipe, params: list[Any], cuda: bool, say: Any) -> Any:

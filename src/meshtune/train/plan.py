@@ -236,7 +236,9 @@ def _warnings(
         warnings.append(
             "no held-out data (val_set_size 0): evaluation and early stopping cannot run"
         )
-    elif eval_interval and eval_interval >= total:
+    elif eval_interval and eval_interval > total and recipe.load_best_model_at_end:
+        # Only a recipe that selects by eval loss loses anything; one that evaluates before and
+        # after on purpose does not need telling.
         warnings.append(
             f"evaluation every {eval_interval} steps never comes round in {total} steps: only "
             "the last step is evaluated, so early stopping and best-model selection see no "

@@ -1,10 +1,10 @@
-"""Ollama Modelfiles: write one per chat family, parse and lint existing ones, and render their
-TEMPLATE with Go's text/template (the engine Ollama uses) to prove it.
+"""Ollama Modelfiles: write one per chat family, lint existing ones, and render their TEMPLATE
+with Go's text/template (the engine Ollama uses) to prove it.
 
 Ollama wraps every request in the Modelfile's TEMPLATE. A TEMPLATE that renders a different
 prompt from the one the model was trained on is the classic cause of a fine-tune that never
 stops (lessons.md), so meshtune writes an explicit TEMPLATE per chat family and checks it by
-rendering it with Go, not by reading it.
+rendering it with Go, not by reading it. The syntax and the values are meshtune.ollama's.
 """
 
 import contextlib
@@ -17,63 +17,27 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from meshtune import chat
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
-from meshtune.files import read_text
+from meshtune.files import atomic
 from meshtune.meshmaster import CHUNK_BYTES, MAX_CHUNKS, OPTIONS
-
-# PARAMETER names Ollama accepts (api.Options), by value type; others are "unknown parameter".
-PARAMETERS: dict[str, type] = {
-    "num_ctx": int,
-    "repeat_last_n": int,
-    "repeat_penalty": float,
-    "temperature": float,
-    "seed": int,
-    "stop": str,
-    "num_predict": int,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "num_keep": int,
-    "typical_p": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-    "num_batch": int,
-    "num_gpu": int,
-    "main_gpu": int,
-    "use_mmap": bool,
-    "num_thread": int,
-}
-# Accepted by Ollama's parser with a warning and then ignored.
-DEPRECATED_PARAMETERS = {
-    "penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
-    "mirostat", "mirostat_tau", "mirostat_eta",
-}  # fmt: skip
-INSTRUCTIONS = {
-    "from", "parameter", "template", "system", "adapter", "license", "message", "draft",
-    "renderer", "parser", "requires",
-}  # fmt: skip
-
-# The longest reply Mesh Master sends is MAX_CHUNKS radio chunks of CHUNK_BYTES; at about four
-# bytes per token of English that is this many tokens. (Mesh Master itself sends num_predict 80.)
-NUM_PREDICT = MAX_CHUNKS * CHUNK_BYTES // 4
-
-# The v2 guide's sampling values; a recipe's `ollama:` section overrides them.
-DEFAULT_PARAMETERS: dict[str, Any] = {
-    "temperature": 0.5,
-    "repeat_penalty": 1.15,
-    "top_p": 0.85,
-    "top_k": 30,
-    "num_ctx": 2048,
-    "num_predict": NUM_PREDICT,
-}
+from meshtune.ollama import (
+    DEPRECATED_PARAMETERS,
+    NUM_PREDICT,
+    PARAMETERS,
+    Command,
+    Modelfile,
+    _from_target,
+    _valid_value,
+    check_parameters,
+    read,
+)
 
 # code -> (name, severity) of the findings this module reports
 CODES: dict[str, tuple[str, str]] = {
@@ -92,92 +56,8 @@ CODES: dict[str, tuple[str, str]] = {
     "W305": ("unlimited-num-predict", "warning"),
     "W306": ("template-not-checked", "warning"),
 }
+
 register_codes(CODES)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing (Ollama's rules: parser/parser.go)
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    name: str  # lower case; "model" for FROM, the parameter's name for PARAMETER
-    args: str
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Modelfile:
-    path: str
-    commands: tuple[Command, ...]
-
-    def first(self, name: str) -> Command | None:
-        return next((c for c in self.commands if c.name == name), None)
-
-    @property
-    def parameters(self) -> list[Command]:
-        fixed = INSTRUCTIONS | {"model"}
-        return [c for c in self.commands if c.name not in fixed]
-
-    @property
-    def stops(self) -> list[str]:
-        return [c.args for c in self.commands if c.name == "stop"]
-
-
-def parse(text: str, path: str = "Modelfile") -> Modelfile:
-    """Commands as Ollama reads them. A value runs to the end of its line unless it opens a
-    quote: triple-quoted and "quoted" values may span lines and are taken verbatim."""
-    lines = text.splitlines()
-    commands: list[Command] = []
-    i = 0
-    while i < len(lines):
-        start = i
-        stripped = lines[i].lstrip(" \t")
-        i += 1
-        if not stripped or stripped.startswith("#"):
-            continue
-        instruction = re.match(r"([A-Za-z]+)[ \t]+(\S.*)", stripped)
-        if not instruction or instruction[1].lower() not in INSTRUCTIONS:
-            raise MeshtuneError(
-                f"{path}:{start + 1}: expected an instruction and its value, e.g. FROM ./x.gguf "
-                f"(instructions: {', '.join(sorted(n.upper() for n in INSTRUCTIONS))})"
-            )
-        name, value = instruction[1].lower(), instruction[2]
-        if name == "parameter":
-            parameter = re.match(r"([A-Za-z0-9_]+)[ \t]+(\S.*)", value)
-            if not parameter:
-                raise MeshtuneError(f"{path}:{start + 1}: PARAMETER needs a name and a value")
-            name, value = parameter[1], parameter[2]
-        if name == "from":
-            name = "model"
-        while (unquoted := _unquote(value.strip())) is None:
-            if i >= len(lines):
-                raise MeshtuneError(
-                    f"{path}:{start + 1}: unterminated quoted value; close it with the same quote"
-                )
-            value += "\n" + lines[i]
-            i += 1
-        if name == "message":
-            role, _, content = unquoted.partition(" ")
-            unquoted = f"{role}: {content}"
-        commands.append(Command(name, unquoted, start + 1))
-    if not any(c.name == "model" for c in commands):
-        raise MeshtuneError(f"{path}: no FROM line; add `FROM ./<model>.gguf`")
-    return Modelfile(path, tuple(commands))
-
-
-def _unquote(s: str) -> str | None:
-    """Ollama's unquote: None while a quoted value is still open."""
-    if s.startswith('"""'):
-        return s[3:-3] if len(s) >= 6 and s.endswith('"""') else None
-    if s.startswith('"'):
-        return s[1:-1] if len(s) >= 2 and s.endswith('"') else None
-    return s
-
-
-def read(path: str | Path) -> Modelfile:
-    path = Path(path)
-    return parse(read_text(path), str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,30 +75,17 @@ def template_for(tokenizer: Any) -> str:
         generation_prompt=True,
     )
     prefix = probe[: probe.index(family.marker)]  # what the template prints before any turn
-    if prefix == tokenizer.bos_token and adds_bos(tokenizer):
+    if prefix == tokenizer.bos_token and chat.adds_bos(tokenizer):
         prefix = ""
-    if family.name == "chatml":
-        body = (
-            "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
-            "{{ end }}<|im_start|>assistant\n"
-        )
-    elif family.name == "llama3":
-        # Llama-3.1/3.2 templates open the system turn with a fixed preamble (knowledge
-        # cutoff and date); Llama-3.0's has none.
-        header = "<|start_header_id|>system<|end_header_id|>\n\n"
-        preamble = probe[probe.index(header) + len(header) : probe.index(_SENTINEL)]
-        system = ""
-        if preamble:
-            system = f'{{{{ if eq .Role "system" }}}}{_literal(preamble)}{{{{ end }}}}'
-        body = (
-            "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-            + system
-            + "{{ .Content }}<|eot_id|>"
-            "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
-        )
-    else:  # a family added to chat.FAMILIES without a TEMPLATE here
-        raise MeshtuneError(f"no Ollama TEMPLATE for chat family {family.name!r}")
-    return _literal(prefix) + body
+    # Llama-3.1/3.2 templates open the system turn with a fixed preamble (knowledge cutoff and
+    # date); Llama-3.0's and ChatML's have none.
+    start = probe.index(family.system_header) + len(family.system_header)
+    preamble = probe[start : probe.index(_SENTINEL)]
+    turns = family.ollama_turns
+    if preamble:
+        system = f'{{{{ if eq .Role "system" }}}}{_literal(preamble)}{{{{ end }}}}'
+        turns = turns.replace("{{ .Content }}", system + "{{ .Content }}", 1)
+    return _literal(prefix) + turns
 
 
 _SENTINEL = "MESHTUNE-SYSTEM-PROMPT"
@@ -231,12 +98,6 @@ def _go(s: str) -> str:
 
 def _literal(s: str) -> str:
     return f"{{{{ {_go(s)} }}}}" if s else ""
-
-
-def adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer (and so the GGUF's add_bos_token) puts BOS before every text."""
-    ids = tokenizer("a")["input_ids"]
-    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 def ollama_messages(messages: Sequence[chat.Message], system: str | None) -> list[dict[str, str]]:
@@ -291,10 +152,9 @@ def _go_renderer() -> Path:
     binary.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOCACHE": os.environ.get("GOCACHE", str(binary.parent / "build"))}
     env.setdefault("HOME", str(binary.parent))
-    with tempfile.TemporaryDirectory(dir=binary.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=binary.parent) as tmp, atomic(binary) as out:
         src = Path(tmp) / "main.go"
         src.write_bytes(source)
-        out = Path(tmp) / "renderer"
         proc = subprocess.run(
             [go, "build", "-o", str(out), str(src)],
             capture_output=True,
@@ -305,7 +165,6 @@ def _go_renderer() -> Path:
         )
         if proc.returncode:
             raise MeshtuneError(f"building the Go template renderer failed: {proc.stderr.strip()}")
-        os.replace(out, binary)
     return binary
 
 
@@ -349,22 +208,6 @@ def build(
     lines.append("# The end-of-turn and turn-header tokens of this chat family.")
     lines += [f"PARAMETER stop {_go(s)}" for s in stops]
     return "\n".join(lines) + "\n"
-
-
-def check_parameters(parameters: dict[str, Any], where: str) -> None:
-    """PARAMETER values meshtune may write: Ollama's names and value types. `stop` is not
-    among them: the stops are the chat family's."""
-    for name, value in parameters.items():
-        if name not in PARAMETERS or name == "stop":
-            accepted = ", ".join(n for n in PARAMETERS if n != "stop")
-            raise MeshtuneError(
-                f"{where}: {name!r} is not a PARAMETER meshtune writes (stops come from the chat "
-                f"family); use one of {accepted}"
-            )
-        if isinstance(value, (dict, list)) or not _valid_value(PARAMETERS[name], str(value)):
-            raise MeshtuneError(
-                f"{where}: {name} {value!r} is not a valid {PARAMETERS[name].__name__}; fix it"
-            )
 
 
 def _format_value(value: Any) -> str:
@@ -446,10 +289,14 @@ PROOF_CONVERSATIONS: tuple[tuple[chat.Message, ...], ...] = (
 
 
 def check(
-    path: str | Path, gguf: str | Path | None = None, registry: Registry | None = None
+    path: str | Path,
+    gguf: str | Path | None = None,
+    registry: Registry | None = None,
+    against_gguf: bool = True,
 ) -> list[Issue]:
-    """Every problem of a Modelfile. Given a GGUF (or when FROM names one that exists), also the
-    stop tokens and TEMPLATE against that model's chat template and end-of-turn token."""
+    """Every problem of a Modelfile. Given a GGUF (or when FROM names one that exists, unless
+    `against_gguf` is off), also the stop tokens and TEMPLATE against that model's chat
+    template and end-of-turn token."""
     path = Path(path)
     where = str(path)
     try:
@@ -460,20 +307,57 @@ def check(
         line_match = re.match(rf"{re.escape(where)}:(\d+): (.*)", str(e))
         line, msg = (int(line_match[1]), line_match[2]) if line_match else (None, str(e))
         return [Issue("E301", where, line, msg, "Ollama refuses this file")]
-    registry = registry or load_registry()
-    findings: list[Issue] = []
+    findings = _Findings(where)
+    target = _check_from(mf, path.parent, findings)
+    _check_system(mf, registry or load_registry(), findings)
+    _check_parameters(mf, findings)
+    if mf.first("template") is None:
+        findings.add(
+            "W301",
+            None,
+            "no TEMPLATE: Ollama guesses one from the GGUF and may guess wrong (ollama#8363)",
+            "write the TEMPLATE of the model's chat family (meshtune export does)",
+        )
+    if not mf.stops:
+        findings.add(
+            "W302", None, "no PARAMETER stop", "add one per end-of-turn token of the chat family"
+        )
+    if gguf is not None:
+        findings.issues += _check_against_gguf(mf, read_gguf(gguf), where)
+    elif against_gguf and target is not None and target.suffix == ".gguf" and target.is_file():
+        model = mf.first("model")
+        assert model is not None  # parse() requires FROM
+        try:
+            info = read_gguf(target)
+        except MeshtuneError as e:
+            message = f"FROM {model.args} is not a model llama.cpp can load"
+            findings.add("E304", model, message, str(e))
+        else:
+            findings.issues += _check_against_gguf(mf, info, where)
+    return findings.issues
 
-    def add(code: str, cmd: Command | None, message: str, fix: str) -> None:
-        findings.append(Issue(code, where, cmd.line if cmd else None, message, fix))
 
+@dataclass(slots=True)
+class _Findings:
+    where: str
+    issues: list[Issue] = field(default_factory=list)
+
+    def add(self, code: str, cmd: Command | None, message: str, fix: str) -> None:
+        self.issues.append(Issue(code, self.where, cmd.line if cmd else None, message, fix))
+
+
+def _check_from(mf: Modelfile, folder: Path, findings: _Findings) -> Path | None:
+    """FROM names a model Ollama can import; returns the local file or folder it names."""
     model = mf.first("model")
     assert model is not None  # parse() requires FROM
-    target, kind = _from_target(model.args, path.parent)
+    target, kind = _from_target(model.args, folder)
     if kind == "invalid":
-        add("E304", model, f"FROM {model.args!r} is not a valid path", "name the GGUF file")
-        target = None
-    elif kind == "missing":
-        add(
+        findings.add(
+            "E304", model, f"FROM {model.args!r} is not a valid path", "name the GGUF file"
+        )
+        return None
+    if kind == "missing":
+        findings.add(
             "E304",
             model,
             f"FROM {model.args} does not exist beside the Modelfile ({target})",
@@ -481,73 +365,63 @@ def check(
         )
     elif kind == "dir" and target is not None and not any(target.glob("*.safetensors")):
         # Ollama imports a folder only when it holds Safetensors weights
-        add(
+        findings.add(
             "E304",
             model,
             f"FROM {model.args} is a folder without model weights ({target})",
             "name the GGUF file: FROM ./<model>.gguf",
         )
+    return target
+
+
+def _check_system(mf: Modelfile, registry: Registry, findings: _Findings) -> None:
+    """SYSTEM names no command the bot does not have: the model repeats what SYSTEM says."""
     system = mf.first("system")
-    if system:
-        for m in registry.unknown(system.args):
-            spec = registry.nonexistent.get(m.written)
-            instead = f" ({spec.instead})" if spec and spec.instead else ""
-            add(
-                "E305",
-                system,
-                f"SYSTEM names {m.written}, which {registry.bot} does not have{instead}",
-                "the model repeats what SYSTEM says: remove it or name the real command",
-            )
+    if not system:
+        return
+    for m in registry.unknown(system.args):
+        spec = registry.nonexistent.get(m.written)
+        instead = f" ({spec.instead})" if spec and spec.instead else ""
+        findings.add(
+            "E305",
+            system,
+            f"SYSTEM names {m.written}, which {registry.bot} does not have{instead}",
+            "the model repeats what SYSTEM says: remove it or name the real command",
+        )
+
+
+def _check_parameters(mf: Modelfile, findings: _Findings) -> None:
     for p in mf.parameters:
         if p.name in DEPRECATED_PARAMETERS:
-            add("W304", p, f"PARAMETER {p.name} is deprecated and ignored by Ollama", "remove it")
+            findings.add(
+                "W304", p, f"PARAMETER {p.name} is deprecated and ignored by Ollama", "remove it"
+            )
         elif p.name not in PARAMETERS:
-            add(
+            findings.add(
                 "E302",
                 p,
                 f"PARAMETER {p.name} is not an Ollama parameter (Ollama fails: unknown parameter)",
                 f"use one of {', '.join(PARAMETERS)}",
             )
         elif not _valid_value(PARAMETERS[p.name], p.args):
-            add(
+            findings.add(
                 "E303",
                 p,
                 f"PARAMETER {p.name} {p.args!r} is not a valid {PARAMETERS[p.name].__name__}",
                 "fix the value",
             )
         elif p.name == "num_predict" and p.args.strip() in {"-1", "-2"}:
-            add(
+            findings.add(
                 "W305",
                 p,
                 "num_predict is unlimited: a looping model never stops",
                 f"set a limit, e.g. {NUM_PREDICT}",
             )
-    template = mf.first("template")
-    if template is None:
-        add(
-            "W301",
-            None,
-            "no TEMPLATE: Ollama guesses one from the GGUF and may guess wrong (ollama#8363)",
-            "write the TEMPLATE of the model's chat family (meshtune export does)",
-        )
-    if not mf.stops:
-        add("W302", None, "no PARAMETER stop", "add one per end-of-turn token of the chat family")
-
-    if gguf is not None:
-        findings += _check_against_gguf(mf, read_gguf(gguf), where)
-    elif target is not None and target.suffix == ".gguf" and target.is_file():
-        try:
-            info = read_gguf(target)
-        except MeshtuneError as e:
-            add("E304", model, f"FROM {model.args} is not a model llama.cpp can load", str(e))
-        else:
-            findings += _check_against_gguf(mf, info, where)
-    return findings
 
 
 def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue]:
     findings: list[Issue] = []
-    family = chat.family_of(SimpleNamespace(chat_template=info.chat_template))
+    family = chat.family_of_template(info.chat_template)
     eot_text = family.end_of_turn
     if info.eos_text != eot_text:
         findings.append(
@@ -560,30 +434,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue
                 "re-export with meshtune export (it writes the end-of-turn token as eos and eot)",
             )
         )
-    stop_lines = [c for c in mf.commands if c.name == "stop"]
-    last = stop_lines[-1] if stop_lines else None
-    if eot_text not in mf.stops:
-        findings.append(
-            Issue(
-                "E306",
-                where,
-                last.line if last else None,
-                f"no PARAMETER stop {_go(eot_text)}: the end-of-turn token of this {family.name} "
-                "model",
-                f"add PARAMETER stop {_go(eot_text)}",
-            )
-        )
-    for stop in family.stops:
-        if stop != eot_text and stop not in mf.stops:
-            findings.append(
-                Issue(
-                    "W303",
-                    where,
-                    last.line if last else None,
-                    f"no PARAMETER stop {_go(stop)} ({family.name} turn marker)",
-                    f"add PARAMETER stop {_go(stop)}, so a skipped end-of-turn cannot run on",
-                )
-            )
+    findings += stop_findings(mf, family, where)
     template = mf.first("template")
     if template is None:
         return findings
@@ -612,6 +463,37 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue
                 "use the TEMPLATE meshtune export writes for this chat family",
             )
         )
+    return findings
+
+
+def stop_findings(mf: Modelfile, family: chat.ChatFamily, where: str) -> list[Issue]:
+    """The family's end-of-turn token (an error) and turn markers (warnings) as stops."""
+    findings: list[Issue] = []
+    stop_lines = [c for c in mf.commands if c.name == "stop"]
+    line = stop_lines[-1].line if stop_lines else None
+    eot_text = family.end_of_turn
+    if eot_text not in mf.stops:
+        findings.append(
+            Issue(
+                "E306",
+                where,
+                line,
+                f"no PARAMETER stop {_go(eot_text)}: the end-of-turn token of this {family.name} "
+                "model",
+                f"add PARAMETER stop {_go(eot_text)}",
+            )
+        )
+    for stop in family.stops:
+        if stop != eot_text and stop not in mf.stops:
+            findings.append(
+                Issue(
+                    "W303",
+                    where,
+                    line,
+                    f"no PARAMETER stop {_go(stop)} ({family.name} turn marker)",
+                    f"add PARAMETER stop {_go(stop)}, so a skipped end-of-turn cannot run on",
+                )
+            )
     return findings
 
 
@@ -661,43 +543,3 @@ def _first_difference(info: GgufInfo, want: list[int], got: list[int], turns: in
         f"on a {turns}-message chat, token {i} differs: the model expects {show(want)}, "
         f"Ollama would send {show(got)}"
     )
-
-
-def local_model(mf: Modelfile, folder: Path) -> Path | None:
-    """The local file or folder FROM names (None for a model name or an unusable path)."""
-    model = mf.first("model")
-    return _from_target(model.args, folder)[0] if model else None
-
-
-def _from_target(args: str, folder: Path) -> tuple[Path | None, str]:
-    """FROM's local path and what is there: file, dir, missing, invalid (a name Ollama cannot
-    open: a NUL byte, an unknown ~user, too long); (None, "name") for a model name."""
-    try:
-        target = _from_path(args, folder)
-        if target is None:
-            return None, "name"
-        if target.is_dir():
-            return target, "dir"
-        return target, "file" if target.exists() else "missing"
-    except (ValueError, RuntimeError, OSError):
-        return None, "invalid"
-
-
-def _from_path(args: str, folder: Path) -> Path | None:
-    """The local file FROM names, resolved as Ollama does; None for a model name."""
-    if args.startswith(("/", "./", "../", "~")) or args.endswith((".gguf", ".bin")):
-        return (folder / Path(args).expanduser()).resolve()
-    return None
-
-
-def _valid_value(kind: type, value: str) -> bool:
-    value = value.strip()
-    if kind is str:
-        return True
-    if kind is bool:
-        return value.lower() in {"true", "false", "1", "0", "t", "f"}
-    try:
-        kind(value)
-    except ValueError:
-        return False
-    return True

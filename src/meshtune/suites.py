@@ -31,7 +31,7 @@ from meshtune.files import read_text
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
 REGEX_PREFIX = "re:"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = {
     "quick": "meshtune/assets/quick_eval.jsonl",
     "mesh": "data/eval/mesh_eval.jsonl",

@@ -1,7 +1,10 @@
-"""What training writes into the run directory: adapters, checkpoints, metrics and the plot."""
+"""How training writes its files: adapters, checkpoints, the metrics log and the loss plot.
+
+Where they go is meshtune.rundir's (RunDir); their formats are training's own: only training
+reads a checkpoint or appends to metrics.jsonl.
+"""
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict
@@ -9,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from meshtune.errors import MeshtuneError
+from meshtune.files import atomic, write_text
+from meshtune.rundir import RunDir
 from meshtune.train.state import TrainState
 
 
@@ -17,7 +22,7 @@ def check_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
     if run.exists() and not run.is_dir():
         raise MeshtuneError(f"{run}: not a directory; choose another --output-dir")
     if resume:
-        if not (run / "checkpoints").is_dir():
+        if not RunDir(run).checkpoints.is_dir():
             raise MeshtuneError(f"{run}: no checkpoints to resume from; run without --resume")
         return
     if run.exists() and any(run.iterdir()) and not overwrite:
@@ -37,11 +42,8 @@ def prepare_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
 
 
 def save_adapter(model: Any, folder: Path) -> None:
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic(folder) as tmp:
+        model.save_pretrained(tmp)
 
 
 def load_adapter(model: Any, folder: Path) -> None:
@@ -56,25 +58,23 @@ def save_checkpoint(
 ) -> None:
     import torch
 
-    root = run / "checkpoints"
-    folder = root / f"step-{state.step:06d}"
-    tmp = root / f".step-{state.step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
+    root = RunDir(run).checkpoints
+    root.mkdir(parents=True, exist_ok=True)
     rng = {"torch": torch.get_rng_state(), "random": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng,
-            "state": asdict(state),
-        },
-        tmp / "state.pt",
-    )
-    os.replace(tmp, folder)
+    with atomic(root / f"step-{state.step:06d}") as tmp:
+        tmp.mkdir()
+        model.save_pretrained(tmp / "adapter")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "state": asdict(state),
+            },
+            tmp / "state.pt",
+        )
     for old in sorted(root.glob("step-*"))[:-2]:  # keep the last two
         shutil.rmtree(old)
 
@@ -84,7 +84,7 @@ def restore_checkpoint(
 ) -> TrainState:
     import torch
 
-    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    checkpoints = sorted(RunDir(run).checkpoints.glob("step-*"))
     if not checkpoints:
         raise MeshtuneError(f"{run}: no checkpoints to resume from; run without --resume")
     last = checkpoints[-1]
@@ -116,7 +116,7 @@ class MetricsLog:
                 for line in path.read_text().splitlines()
                 if line and json.loads(line)["step"] <= keep_until
             ]
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.enabled:
@@ -143,7 +143,6 @@ def plot_losses(metrics: Path, out: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out)

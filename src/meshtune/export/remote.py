@@ -20,7 +20,8 @@ from typing import Any
 
 from meshtune import meshmaster
 from meshtune.errors import MeshtuneError
-from meshtune.export import check_name, proven_files, quick_prompts, set_ollama_model
+from meshtune.export.deploy import check_name, proven_files, set_ollama_model
+from meshtune.export.proof import quick_prompts
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15")  # never wait on a password

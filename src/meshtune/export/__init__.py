@@ -1,0 +1,177 @@
+"""Export: turn a training run into what the Pi needs, and prove it before saying done.
+
+    RUN/merged/          the adapter merged into float32 base weights     merge.py
+    RUN/<name>-Q8_0.gguf the merged model for llama.cpp / Ollama          gguf/
+    RUN/Modelfile        FROM ./<gguf>, the chat family's TEMPLATE and     modelfile.py
+                         stops, SYSTEM, sampling
+    RUN/verify.json      the proof: metadata, tokens, TEMPLATE, logits,   proof.py
+                         stopping
+    RUN/DEPLOY.md        the ollama create command and the Mesh Master config change
+    RUN/export.json      what was written, with time and peak memory (rundir.ExportInfo)
+
+`meshtune deploy` (deploy.py, and remote.py over ssh) ships only a proven file.
+"""
+
+import contextlib
+import resource
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meshtune import ollama
+from meshtune.errors import MeshtuneError
+from meshtune.export import modelfile
+from meshtune.export.deploy import check_name, default_name
+from meshtune.export.gguf import QUANTS, write_gguf
+from meshtune.export.merge import merge
+from meshtune.export.proof import verify
+from meshtune.files import remove_stale_temps, write_text
+from meshtune.meshmaster import OPTIONS
+from meshtune.rundir import ExportInfo, RunDir, Verification, load_trained
+
+__all__ = ["QUANTS", "check_name", "export", "verify"]
+
+
+def export(
+    run_dir: str | Path,
+    quant: str = "Q8_0",
+    name: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[ExportInfo, Verification]:
+    """Merge, write the GGUF, Modelfile and DEPLOY.md, then verify them all."""
+    started = time.perf_counter()
+    quant = quant.upper()
+    if quant not in QUANTS:
+        raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
+    if name is not None:
+        check_name(name)
+    trained = load_trained(run_dir)
+    run = RunDir(trained.dir)
+    name = check_name(name or default_name(run.path))
+    parameters = {**ollama.DEFAULT_PARAMETERS, **trained.ollama}
+    ollama.check_parameters(parameters, f"{run.recipe}: ollama")  # before the slow part
+    from meshtune.models import resolve
+
+    resolve(trained.base_model)  # readable, before anything is written
+    remove_stale_temps(run.path)  # left by an export that was killed
+    stages: dict[str, float] = {}
+    gguf_name = f"{name}-{quant}.gguf"
+    with _stage(stages, "merge"):
+        progress(f"merging {trained.adapter} into {trained.base_model}")
+        tokenizer = merge(trained, run.merged)
+    with _stage(stages, "gguf"):
+        progress(f"writing {gguf_name}")
+        write_gguf(run.merged, run.path / gguf_name, quant, name, tokenizer)
+    family = _write_modelfile(
+        run,
+        trained.base_model,
+        tokenizer,
+        gguf_name,
+        quant,
+        name,
+        parameters,
+        trained.system_prompt,
+    )
+    info = ExportInfo(
+        run=str(run.path),
+        name=name,
+        quant=quant,
+        gguf=gguf_name,
+        gguf_bytes=(run.path / gguf_name).stat().st_size,
+        merged_bytes=sum(p.stat().st_size for p in run.merged.glob("*.safetensors")),
+        family=family,
+    )
+    info.save(run.export_info)  # `meshtune verify` alone reads it
+    with _stage(stages, "verify"):
+        progress("verifying")
+        verification = verify(run.path, info, tokenizer)
+    info.verified = verification.ok
+    info.seconds = round(time.perf_counter() - started, 1)
+    info.stages = stages
+    info.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    write_text(run.deploy_note, deploy_note(info, verification))
+    info.save(run.export_info)
+    return info, verification
+
+
+@contextlib.contextmanager
+def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    stages[name] = round(time.perf_counter() - start, 1)
+
+
+def _write_modelfile(
+    run: RunDir,
+    base_model: str,
+    tokenizer: object,
+    gguf_name: str,
+    quant: str,
+    name: str,
+    parameters: dict[str, object],
+    system: str,
+) -> str:
+    """RUN/Modelfile for the tokenizer's chat family; returns the family's name."""
+    from meshtune import chat
+
+    family = chat.family_of(tokenizer)
+    text = modelfile.build(
+        gguf_name=gguf_name,
+        template=modelfile.template_for(tokenizer),
+        system=system,
+        parameters=parameters,
+        stops=family.stops,
+        header=(
+            f"Ollama Modelfile for {name}, written by `meshtune export` from {run.path.name}.\n"
+            f"Base {base_model}, chat family {family.name}, GGUF type {quant}.\n"
+            f"On the Pi, in this folder: ollama create {name} -f Modelfile"
+        ),
+    )
+    write_text(run.modelfile, text)
+    return family.name
+
+
+def deploy_note(info: ExportInfo, verification: Verification) -> str:
+    status = "passed" if verification.ok else "FAILED (do not deploy; see verify.json)"
+    opts = ", ".join(f"{k} {v}" for k, v in OPTIONS.items())
+    checks = "\n".join(f"- {c.name}: {c.status}, {c.detail}" for c in verification.checks)
+    return f"""# Deploying {info.name}
+
+Written by `meshtune export` on {datetime.now(UTC):%Y-%m-%d}: `{info.gguf}`
+({info.gguf_bytes / 1e6:.1f} MB, {info.quant}, chat family {info.family}) and `Modelfile`.
+Verification {status}:
+
+{checks}
+
+## 1. Copy both files to the Pi, into one folder
+
+    scp {info.gguf} Modelfile pi@<your-pi>:~/{info.name}/
+
+## 2. Create the Ollama model (in that folder: FROM is relative to the Modelfile)
+
+    ollama create {info.name} -f Modelfile
+
+## 3. Point Mesh Master at it
+
+In Mesh Master's `config.json`, change one key and restart the bot (the guide's service:
+`sudo systemctl restart mesh-ai`):
+
+    "ollama_model": "{info.name}",
+
+On a machine with both meshtune and Ollama, steps 2 and 3 are one command (it keeps a backup
+of config.json):
+
+    meshtune deploy {info.run} --name {info.name} --mesh-master-config config.json
+
+## Mesh Master's options override the Modelfile
+
+Mesh Master sends its own options with every request, and Ollama uses them instead of the
+Modelfile's PARAMETER values:
+
+    {opts}, num_ctx from its ollama_num_ctx
+
+The Modelfile's sampling values apply only to clients that send none (`ollama run`, other
+tools); its TEMPLATE, SYSTEM and stop tokens always apply. Judge the model under the bot's
+values: `meshtune eval {info.run} --profile meshmaster`.
+"""
