@@ -98,7 +98,8 @@ def evaluate_variant(
     finally:
         slots.put(gpu)
     export_s = meshtune(["export", str(run)], log, {"CUDA_VISIBLE_DEVICES": ""})
-    summary, proof = RunDir(run).load_summary(), RunDir(run).load_verification()
+    rundir = RunDir(run)
+    summary, proof = rundir.load_summary(), rundir.load_verification()
     result: dict[str, Any] = {
         "variant": name,
         "set": sets,
@@ -109,7 +110,7 @@ def evaluate_variant(
         "proof": {c.name: c.ok for c in proof.checks},
     }
     for profile in PROFILES:
-        out = RunDir(run).eval / profile
+        out = rundir.eval / profile
         args = ["eval", str(run), "--suite", suite, "--profile", profile, "--out", str(out)]
         meshtune([*args, "--threads", str(threads)], log, {"CUDA_VISIBLE_DEVICES": ""})
         report = json.loads((out / "summary.json").read_text())

@@ -215,7 +215,7 @@ class Check:
 
 
 @dataclass(slots=True)
-class Verification:
+class Verification(_Record):
     """The proof of one GGUF file (verify.json); deploy ships nothing else."""
 
     gguf: str
@@ -259,9 +259,6 @@ class Verification:
             digest if isinstance(digest, str) else "",
             data.get("bytes") if isinstance(data.get("bytes"), int) else 0,
         )
-
-    def save(self, path: Path) -> None:
-        write_json(path, self.to_dict())
 
 
 @dataclass(slots=True)
@@ -343,9 +340,10 @@ def load_trained(run_dir: str | Path) -> Trained:
 
 def system_prompt(folder: Path | None) -> str:
     """The deployment system prompt of a run (meshtune's default outside a run)."""
-    if folder is None or not RunDir(folder).is_trained():
+    run = RunDir(folder) if folder is not None else None
+    if run is None or not run.is_trained():
         return DEFAULT_SYSTEM_PROMPT
-    return RunDir(folder).load_summary().system_prompt or DEFAULT_SYSTEM_PROMPT
+    return run.load_summary().system_prompt or DEFAULT_SYSTEM_PROMPT
 
 
 def check_adapter(folder: Path) -> None:
