@@ -96,13 +96,16 @@ def node_names(question: str) -> set[str]:
 
 # How a reply opens its answer to a yes/no question ("Yes, ...", "Nope.", "It can't ...").
 _SUBJECT = r"(it|that|this|you|they|i|there|the bot|he|she)('s| is| are)?"
+_HEDGE = r"((usually|probably|generally|mostly|definitely|absolutely) )?"
 _YES_RE = re.compile(
-    rf"(yes|yeah|yep|yup|sure|correct|right|absolutely|definitely|of course|indeed|"
+    rf"{_HEDGE}(yes|yeah|yep|yup|sure|correct|right|absolutely|definitely|of course|indeed|"
+    rf"(a |it'?s a )?(good|great|solid|fine) (pick|choice|idea)|worth it|"
     rf"{_SUBJECT} (do|does|can|will|should|works?))\b",
     re.IGNORECASE,
 )
 _NO_RE = re.compile(
-    rf"(no|nope|nah|not|never|negative|incorrect|wrong|"
+    rf"{_HEDGE}(no|nope|nah|not|never|negative|incorrect|wrong|"
+    rf"(a |it'?s a )?(bad|poor) (pick|choice|idea)|not worth it|"
     rf"{_SUBJECT} (not|never|don't|doesn't|can't|cannot|can not|isn't|aren't|won't|"
     rf"shouldn't|does not|do not|will not|should not))\b",
     re.IGNORECASE,
