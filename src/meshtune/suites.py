@@ -16,6 +16,7 @@ Three optional keys make an item check the answer rather than its vocabulary:
     "allow_commands": ["/optout"]  the commands a right answer may name ([] for none); any other
                                    command, real or not, fails the reply (unset: not checked)
     "stance": "yes" | "no"         a yes/no question: the reply must open with that answer
+    "need": "..."                  the expected answer in words, for a reply that misses it
     "forbid"                       lists the item's known false claims as well as banned words
 
 Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
@@ -79,6 +80,7 @@ class Item(BaseModel):
     channel: bool = False  # asked on a channel (the bot's `/ai` request), not in a DM
     allow_commands: tuple[str, ...] | None = None  # canonical names; None: not checked
     stance: Literal["yes", "no"] | None = None  # the answer to a yes/no question
+    need: str | None = Field(default=None, min_length=1)  # the expected answer, in words
     good: str | None = Field(default=None, min_length=1)  # a reply the checks must accept
     bad: str | None = Field(default=None, min_length=1)  # a plausible reply they must reject
 

@@ -123,8 +123,12 @@ def stance(reply: str) -> str | None:
 
 
 def _shown(check: str) -> str:
-    """A check as a person reads it in a failure reason."""
-    return check.removeprefix(REGEX_PREFIX) if check.startswith(REGEX_PREFIX) else f"'{check}'"
+    """A check as a person reads it in a failure reason: a phrase in quotes, a pattern with
+    its word boundaries and escapes dropped (`re:\\b17\\.5` -> 17.5)."""
+    if not check.startswith(REGEX_PREFIX):
+        return f"'{check}'"
+    pattern = check.removeprefix(REGEX_PREFIX).replace(r"\b", "").replace(r"\s+", " ")
+    return re.sub(r"\\(\W)", r"\1", pattern.replace(r"\s", " "))
 
 
 def _found(check: str, reply: str) -> str:
@@ -172,10 +176,12 @@ def _reasons(
         ),
         "command-dump": lambda: "lists commands instead of answering",
         "missing-expected": lambda: (
-            "misses the answer: needs one of " + ", ".join(_shown(c) for c in item.expect_any)
+            "misses the answer: "
+            + (item.need or "needs one of " + ", ".join(_shown(c) for c in item.expect_any))
         ),
         "missing-required": lambda: (
-            "misses the answer: needs " + ", ".join(_shown(c) for c in failed["missing_all"])
+            "misses the answer: "
+            + (item.need or "needs " + ", ".join(_shown(c) for c in failed["missing_all"]))
         ),
         "wrong-stance": lambda: (
             f"answers {failed['stance'] or 'neither yes nor no'}; the right answer is {item.stance}"
