@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("reports/calibration.json"))
     args = parser.parse_args()
     cal = calibrate(args.judged, args.suite)
+    write_json(args.json, cal.to_dict())
     v = cal.verdicts
     print(
         f"{cal.replies} judged replies ({v['correct']} correct, {v['partial']} partial, "
@@ -40,7 +41,6 @@ def main() -> None:
     for d in cal.disagreements:
         said = "passes" if d["passed"] else "; ".join(d["reasons"])
         print(f"  {d['item']} judged {d['verdict']}, suite: {said}\n    {json.dumps(d['reply'])}")
-    write_json(args.json, cal.to_dict())
     print(f"wrote {args.json}")
 
 
