@@ -113,7 +113,7 @@ _NO_RE = re.compile(
 
 
 def stance(reply: str) -> str | None:
-    """ "yes" or "no" when the reply's first words give that answer, else None."""
+    """The answer the reply's first words give, "yes" or "no"; None when they give neither."""
     opening = reply.replace("’", "'").lstrip(" \t\n\"'*-•>")
     if _NO_RE.match(opening):
         return "no"
@@ -142,20 +142,12 @@ def _commands(reply: str, item: Item, registry: Registry) -> tuple[list[str], li
     commands a right answer may name, every other command written as one (a real command for
     another job, or a relay target written `/vk3z`: relay is a plain DM)."""
     nodes = node_names(item.question)
-    mentions = registry.mentions(reply)
-    invented = sorted(
-        {m.written for m in mentions if m.canonical is None and m.written[1:] not in nodes}
-    )
+    invented = sorted({m.written for m in registry.unknown(reply) if m.written[1:] not in nodes})
     if item.allow_commands is None:
         return invented, []
     allowed = {registry.canonical(a) or a for a in item.allow_commands}
-    wrong = sorted(
-        {
-            m.written
-            for m in mentions
-            if m.written not in invented and (m.canonical or m.written) not in allowed
-        }
-    )
+    named = {m.canonical or m.written: m.written for m in registry.mentions(reply)}
+    wrong = sorted(w for c, w in named.items() if w not in invented and c not in allowed)
     return invented, wrong
 
 
