@@ -141,8 +141,8 @@ def score_replies(
 
 
 def read_replies(path: Path, suite: Suite) -> list[tuple[Item, Generation]]:
-    """A replies file, every line checked before anything is scored (other keys are kept
-    out of the way: a judged or a report's replies.jsonl reads as it is)."""
+    """A replies file, every line checked before anything is scored. Other keys are ignored,
+    so a judged file or a report's replies.jsonl reads as it is."""
     items = {i.id: i for i in suite.items}
     given = []
     for lineno, line in enumerate(read_text(path).split("\n"), start=1):
