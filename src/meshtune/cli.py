@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from meshtune import data as data_mod
-from meshtune.commands import load_registry
+from meshtune.commands import Registry, load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
 from meshtune.rundir import PipelineResult, RunDir, TrainSummary
@@ -411,7 +411,7 @@ def _eval_replies(
     suite: str,
     out: Path | None,
     gate: Path | None,
-    registry: Any,
+    registry: Registry,
 ) -> None:
     """`eval --replies FILE`: the given replies judged like a model's; exit 0 if READY."""
     from meshtune import evaluate as ev
