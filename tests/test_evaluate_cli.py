@@ -265,6 +265,8 @@ def test_the_judged_replies_score_through_the_cli_as_through_calibration(cli, tm
     [
         ('{"item": "relay-01"}', "r.jsonl:2: 'reply' must be a string"),
         ('{"item": "nope", "reply": "hi"}', "r.jsonl:2: 'item' 'nope' is not an item of"),
+        ('{"item": ["relay-01"], "reply": "hi"}', "r.jsonl:2: 'item' ['relay-01'] is not an"),
+        ("[1, 2]", "r.jsonl:2: not a JSON object"),
         ("{not json", "r.jsonl:2: invalid JSON"),
         ('{"item": "relay-01", "reply": "x", "finish_reason": "eos"}', "must be stop or length"),
     ],
@@ -275,6 +277,13 @@ def test_a_bad_replies_line_is_a_one_line_error_and_nothing_is_written(
     replies = rows_file(tmp_path, [{"item": "relay-01", "reply": "hi"}, line], "r.jsonl")
     r = cli("eval", "--replies", replies, "--suite", "mesh", "--out", tmp_path / "o")
     assert r.code == 2 and message in r.err and len(r.err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_replies_file_is_an_error(cli, tmp_path):
+    replies = rows_file(tmp_path, [], "r.jsonl")
+    r = cli("eval", "--replies", replies, "--out", tmp_path / "o")
+    assert r.code == 2 and "no replies; write one JSON object per line" in r.err
     assert not (tmp_path / "o").exists()
 
 

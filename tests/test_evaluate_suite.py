@@ -93,6 +93,8 @@ def test_defaults_and_messages_items(tmp_path):
         ),
         (json.dumps({**GOOD, "expect_any": "alice"}), "'expect_any'"),
         (json.dumps({**GOOD, "max_chars": 0}), "'max_chars'"),
+        (json.dumps({**GOOD, "allow_commands": ["optout"]}), "write it as /name"),
+        (json.dumps({**GOOD, "stance": "maybe"}), "'stance'"),
     ],
 )
 def test_bad_lines_are_reported_with_file_and_line(tmp_path, line, message):

@@ -152,7 +152,7 @@ def read_replies(path: Path, suite: Suite) -> list[tuple[Item, Generation]]:
         raw = json_object(line, where)
         item, reply = raw.get("item"), raw.get("reply")
         finish = raw.get("finish_reason") or "stop"
-        if item not in items:
+        if not isinstance(item, str) or item not in items:
             raise MeshtuneError(
                 f"{where}: 'item' {item!r} is not an item of the suite '{suite.name}'; "
                 "give the id of the item the reply answers"
