@@ -12,12 +12,12 @@ keys hold a correct reply and a plausible wrong one: the shipped suite's tests p
 every item's checks accept the first and reject the second. Unknown keys are errors, so a typo
 such as `forbidd` cannot silently pass.
 
-Three optional keys make an item check the answer rather than its vocabulary:
+Optional keys make an item check the answer rather than its vocabulary (and `forbid` also
+holds the item's known false claims):
     "allow_commands": ["/optout"]  the commands a right answer may name ([] for none); any other
                                    command, real or not, fails the reply (unset: not checked)
     "stance": "yes" | "no"         a yes/no question: the reply must open with that answer
     "need": "..."                  the expected answer in words, for a reply that misses it
-    "forbid"                       lists the item's known false claims as well as banned words
 
 Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
 `mesh` (the repository's data/eval/mesh_eval.jsonl).
