@@ -284,17 +284,42 @@ def prompt_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the /api/generate body the bot posts.")
     ] = False,
+    knowledge: Annotated[
+        Path | None,
+        typer.Option(
+            help="The bot's Meshtastic knowledge file, for /meshtastic and reference mode "
+            "(default: the config's meshtastic_knowledge_file, next to the config)."
+        ),
+    ] = None,
+    at: Annotated[
+        float | None,
+        typer.Option(help="When MESSAGE is sent, in seconds, against the history's `at` times."),
+    ] = None,
 ) -> None:
     """Show exactly what Mesh Master sends its model for MESSAGE: the prompt string (Ollama
-    renders it as the user turn), or with --json the whole request body."""
+    renders it as the user turn), or with --json the whole request body. A /meshtastic
+    question nothing matches prints the bot's own reply (no model is called)."""
     from meshtune import meshmaster
 
     config = meshmaster.load_config(mesh_master_config, personas)
     lines = meshmaster.load_history(history) if history else []
+    kb = None
+    if meshmaster.uses_knowledge(message, lines, sender, channel, config, at):
+        kb = meshmaster.open_knowledge(knowledge, config)
     request = meshmaster.build_request(
-        message, config, persona=persona, history=lines, sender=sender, bot=bot, channel=channel
+        message,
+        config,
+        persona=persona,
+        history=lines,
+        sender=sender,
+        bot=bot,
+        channel=channel,
+        knowledge=kb,
+        now=at,
     )
-    if as_json:
+    if request.reply is not None:
+        _echo_json({"reply": request.reply}) if as_json else typer.echo(request.reply)
+    elif as_json:
         _echo_json(request.body(model or config.model))
     else:
         typer.echo(request.prompt)

@@ -8,6 +8,7 @@ tests prove the result byte for byte against prompts recorded from the bot's own
 
     config.py    the bot's config.json keys and personas, the shipped values, the operator's files
     history.py   the bot's message log and the `Context:` built from it
+    knowledge.py the Meshtastic knowledge file and the bot's retrieval (`/meshtastic`)
     request.py   the request for one incoming message (prompt string and options)
     radio.py     the reply's radio chunks
 
@@ -26,16 +27,32 @@ from meshtune.meshmaster.config import (
     Persona,
     load_config,
 )
-from meshtune.meshmaster.history import COMMAND_MARKERS, DM_PLACEHOLDER, Line, load_history
+from meshtune.meshmaster.history import (
+    AI_COMMANDS,
+    COMMAND_MARKERS,
+    DM_PLACEHOLDER,
+    Line,
+    load_history,
+)
+from meshtune.meshmaster.knowledge import (
+    KNOWLEDGE_SYSTEM_PROMPT,
+    NO_MATCH_REPLY,
+    Knowledge,
+    load_knowledge,
+    open_knowledge,
+    parse_knowledge,
+)
 from meshtune.meshmaster.radio import CHUNK_BYTES, MAX_CHUNKS, split_chunks
 from meshtune.meshmaster.request import (
-    AI_COMMANDS,
+    KNOWLEDGE_COMMAND,
     Request,
     build_prompt,
     build_request,
     chat_prompt,
     question_of,
     reaches_model,
+    reference_query,
+    uses_knowledge,
 )
 
 __all__ = [
@@ -46,12 +63,16 @@ __all__ = [
     "DM_PLACEHOLDER",
     "FALLBACK_SYSTEM_PROMPT",
     "FRUSTRATION_GUIDANCE",
+    "KNOWLEDGE_COMMAND",
+    "KNOWLEDGE_SYSTEM_PROMPT",
     "MAX_CHUNKS",
+    "NO_MATCH_REPLY",
     "OPTIONS",
     "SHIPPED",
     "SYSTEM_PROMPT",
     "TRAIL",
     "BotConfig",
+    "Knowledge",
     "Line",
     "Persona",
     "Request",
@@ -60,7 +81,12 @@ __all__ = [
     "chat_prompt",
     "load_config",
     "load_history",
+    "load_knowledge",
+    "open_knowledge",
+    "parse_knowledge",
     "question_of",
     "reaches_model",
+    "reference_query",
     "split_chunks",
+    "uses_knowledge",
 ]

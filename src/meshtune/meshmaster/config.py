@@ -93,6 +93,12 @@ class BotConfig:
     num_ctx: int = 8192
     model: str = "llama3.2:1b"
     source: str = "Mesh Master's defaults"
+    # The `/meshtastic` keys: the knowledge file (resolved against the config's folder; None
+    # without a config file), its excerpts' budget (clamped as the bot clamps it) and how long
+    # reference mode lasts (context_session_timeout_seconds, at least 300).
+    knowledge_file: Path | None = None
+    kb_max_chars: int = 3200
+    session_seconds: int = 7200
 
     def persona(self, wanted: str | None = None) -> Persona | None:
         """A persona by id, name or alias (as the bot matches them), else the default one."""
@@ -159,6 +165,11 @@ def load_config(path: Path | None, personas: Path | None = None) -> BotConfig:
     its own `ai_personalities`."""
     raw = {} if path is None else _read_json_object(path)
     config = SHIPPED if path is None else _config_from(raw, str(path))
+    if path is not None:
+        knowledge = raw.get("meshtastic_knowledge_file") or "data/meshtastic_knowledge.txt"
+        if not isinstance(knowledge, str):
+            raise MeshtuneError(f"{path}: `meshtastic_knowledge_file` must be a path; fix it")
+        config = replace(config, knowledge_file=path.parent / knowledge)
     own = isinstance(raw.get("ai_personalities"), list) and bool(raw["ai_personalities"])
     if personas is not None and not own:
         config = replace(config, personas=_personas_file(personas))
@@ -208,6 +219,8 @@ def _config_from(raw: dict[str, Any], where: str) -> BotConfig:
         num_ctx=number("ollama_num_ctx", defaults.num_ctx),
         model=text("ollama_model", defaults.model),
         source=where,
+        kb_max_chars=max(2000, min(number("meshtastic_kb_max_context_chars", 3200), 12000)),
+        session_seconds=max(300, number("context_session_timeout_seconds", 7200)),
     )
 
 

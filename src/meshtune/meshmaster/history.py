@@ -10,6 +10,8 @@ from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
 from meshtune.meshmaster.config import BotConfig
 
+AI_COMMANDS = ("/ai", "/bot", "/data")  # on a channel, only these reach the model
+
 # How the bot logs what it receives: a DM's words are never logged (privacy), and some commands
 # are logged as markers. The Context the model sees is built from this log.
 DM_PLACEHOLDER = "📨 dm received"
@@ -35,6 +37,7 @@ class Line:
     sender: str
     text: str
     ai: bool = False
+    at: float | None = None  # when it was sent, in seconds (reference mode's timeout needs it)
 
 
 def thread_context(
@@ -44,10 +47,32 @@ def thread_context(
     channel: bool,
     bot_name: str,
     config: BotConfig,
+    limit: int | None = None,
 ) -> str:
-    """The `Context:` text the bot sends when `sender` writes `message` after `history`."""
-    log = [*(_logged(line, channel) for line in history), _logged(Line(sender, message), channel)]
-    return _context(log, sender, channel, bot_name, config)
+    """The `Context:` text the bot sends when `sender` writes `message` after `history`, cut to
+    its last `limit` characters (default: the config's ollama_context_chars)."""
+    lines = [*_without_command_replies(history), Line(sender, message)]
+    log = [_logged(line, channel) for line in lines]
+    return _context(log, sender, channel, bot_name, config, limit or config.context_chars)
+
+
+def is_command(text: str) -> bool:
+    """Whether the bot's command handler answers `text` itself (its reply is not the model's)."""
+    words = text.strip().split()
+    return bool(words) and words[0].startswith("/") and words[0].lower() not in AI_COMMANDS
+
+
+def _without_command_replies(history: Sequence[Line]) -> list[Line]:
+    """The bot logs its reply to a command as an automated response, not an AI reply, so no
+    thread picks it up (the golden reference-mode follow-ups show it)."""
+    kept, last_human = [], None
+    for line in history:
+        if not line.ai:
+            last_human = line
+        elif last_human is not None and is_command(last_human.text):
+            continue
+        kept.append(line)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +94,13 @@ def _log_text(text: str, channel: bool) -> str:
 
 
 def _context(
-    log: list[_Entry], sender: str, channel: bool, bot_name: str, config: BotConfig
+    log: list[_Entry], sender: str, channel: bool, bot_name: str, config: BotConfig, limit: int
 ) -> str:
     picked = _dm_thread(log, sender) if not channel else _channel_thread(log, sender)
     lines = [f"{bot_name if e.ai else e.sender}: {e.text}" for e in picked[-config.max_messages :]]
     history = "\n".join(lines)
-    if len(history) > config.context_chars:
-        history = history[-config.context_chars :]
+    if len(history) > limit:
+        history = history[-limit:]
     return history.strip()
 
 
@@ -119,7 +144,8 @@ def _root(log: list[_Entry], i: int) -> int:
 
 
 def load_history(path: Path) -> list[Line]:
-    """Earlier messages, JSONL: {"from": "<shortname>", "text": "...", "ai": true|false}."""
+    """Earlier messages, JSONL: {"from": "<shortname>", "text": "...", "ai": true|false}, with
+    an optional "at" (seconds) where reference mode's timeout matters."""
     lines = []
     for n, raw_line in enumerate(read_text(path).splitlines(), start=1):
         if not raw_line.strip():
@@ -138,10 +164,13 @@ def load_history(path: Path) -> list[Line]:
             raise MeshtuneError(f"{path}:{n}: `text` must be a string (the message's words)")
         if not ai and (not isinstance(sender, str) or not sender.strip()):
             raise MeshtuneError(f"{path}:{n}: `from` must be the sender's shortname")
-        unknown = set(row) - {"from", "text", "ai"}
+        at = row.get("at")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+            raise MeshtuneError(f"{path}:{n}: `at` must be a time in seconds")
+        unknown = set(row) - {"from", "text", "ai", "at"}
         if unknown:
             raise MeshtuneError(
-                f"{path}:{n}: unknown key(s) {', '.join(sorted(unknown))}; use from, text, ai"
+                f"{path}:{n}: unknown key(s) {', '.join(sorted(unknown))}; use from, text, ai, at"
             )
-        lines.append(Line(sender or "", text, ai))
+        lines.append(Line(sender or "", text, ai, at))
     return lines
