@@ -16,6 +16,7 @@ from meshtune import data as data_mod
 from meshtune.commands import load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
+from meshtune.models import EMBEDDED_ALIASES
 from meshtune.rundir import PipelineResult, RunDir, TrainSummary
 
 app = typer.Typer(
@@ -279,7 +280,12 @@ def prompt_cmd(
         bool, typer.Option("--channel", help="The message was sent on a channel, not as a DM.")
     ] = False,
     model: Annotated[
-        str | None, typer.Option(help="Model name in the body (default: the config's).")
+        str | None,
+        typer.Option(
+            help="Model name in the body (default: the config's). A local model (run "
+            "directory, model folder, .gguf, 'smollm2-135m') also counts the prompt's tokens "
+            "and shows, on stderr, what survives Ollama's cut at the config's num_ctx."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the /api/generate body the bot posts.")
@@ -319,10 +325,37 @@ def prompt_cmd(
     )
     if request.reply is not None:
         _echo_json({"reply": request.reply}) if as_json else typer.echo(request.reply)
-    elif as_json:
+        return
+    if as_json:
         _echo_json(request.body(model or config.model))
     else:
         typer.echo(request.prompt)
+    if model is not None and (Path(model).exists() or model in EMBEDDED_ALIASES):
+        _echo_model_view(model, request.prompt, config.num_ctx)
+
+
+def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
+    """The prompt's tokens for a local model and what Ollama leaves of them, on stderr."""
+    from transformers import AutoTokenizer
+
+    from meshtune import models, rundir
+    from meshtune.evaluate.backends import resolve_model
+    from meshtune.meshmaster.truncation import model_view
+
+    spec = resolve_model(model)
+    name = rundir.load_trained(spec.run_dir).base_model if spec.run_dir else spec.hf_name
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(str(name)).folder)
+    cut = model_view(tokenizer, spec.system_prompt, prompt, num_ctx)
+    where = f"{cut.total} tokens with {spec.label}'s system prompt and chat template"
+    if not cut.truncated:
+        typer.echo(f"{where}: within num_ctx {num_ctx}, the model sees it all", err=True)
+        return
+    typer.echo(
+        f"{where}: over num_ctx {num_ctx}, so Ollama cuts them to {len(cut.tokens)} (the first "
+        f"{cut.keep} and the last {len(cut.tokens) - cut.keep}); the model sees:",
+        err=True,
+    )
+    typer.echo(tokenizer.decode(cut.tokens), err=True)
 
 
 # ---------------------------------------------------------------- eval
@@ -415,8 +448,26 @@ def eval_cmd(
     from meshtune.evaluate.report import render_verdict
 
     typer.echo(render_verdict(result))
+    _warn_over_num_ctx(result.summary)
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
+
+
+def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
+    over = summary.get("over_num_ctx") or {}
+    if over.get("items"):
+        n, num_ctx = len(over["items"]), over["num_ctx"]
+        seen = (
+            "the replies answer what it leaves"
+            if summary["backend"] in ("llamacpp", "ollama")
+            else f"this {summary['backend']} backend saw the whole prompt"
+        )
+        typer.echo(
+            f"warning: {n} of {summary.get('items', '?')} prompts exceed num_ctx {num_ctx} (up to "
+            f"{max(over['items'].values())} tokens); Ollama keeps their first tokens and the "
+            f"tail, about half the context; {seen}",
+            err=True,
+        )
 
 
 def _eval_compare(
