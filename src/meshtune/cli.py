@@ -334,19 +334,26 @@ def prompt_cmd(
         _echo_model_view(model, request.prompt, config.num_ctx)
 
 
-def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
-    """The prompt's tokens for a local model and what Ollama leaves of them, on stderr."""
+def _local_tokenizer(model: str) -> tuple[Any, str, str]:
+    """A local model's tokenizer, deployment system prompt and label."""
     from transformers import AutoTokenizer
 
     from meshtune import models, rundir
     from meshtune.evaluate.backends import resolve_model
-    from meshtune.meshmaster.truncation import model_view
 
     spec = resolve_model(model)
     name = rundir.load_trained(spec.run_dir).base_model if spec.run_dir else spec.hf_name
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(str(name)).folder)
-    cut = model_view(tokenizer, spec.system_prompt, prompt, num_ctx)
-    where = f"{cut.total} tokens with {spec.label}'s system prompt and chat template"
+    return tokenizer, spec.system_prompt, spec.label
+
+
+def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
+    """The prompt's tokens for a local model and what Ollama leaves of them, on stderr."""
+    from meshtune.meshmaster.truncation import model_view
+
+    tokenizer, system, label = _local_tokenizer(model)
+    cut = model_view(tokenizer, system, prompt, num_ctx)
+    where = f"{cut.total} tokens with {label}'s system prompt and chat template"
     if not cut.truncated:
         typer.echo(f"{where}: within num_ctx {num_ctx}, the model sees it all", err=True)
         return
@@ -356,6 +363,52 @@ def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
         err=True,
     )
     typer.echo(tokenizer.decode(cut.tokens), err=True)
+
+
+# ---------------------------------------------------------------- kb
+
+
+kb_app = typer.Typer(no_args_is_help=True, help="Measure the bot's Meshtastic knowledge path.")
+app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("check")
+def kb_check(
+    knowledge: Annotated[
+        Path | None,
+        typer.Argument(help="A knowledge file (default: the config's meshtastic_knowledge_file)."),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="A suite with /meshtastic items: a JSONL file, or knowledge.")
+    ] = "knowledge",
+    mesh_master_config: MeshConfigOpt = None,
+    num_ctx: Annotated[
+        int | None, typer.Option(help="Ollama's context (default: the config's ollama_num_ctx).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="The local model whose tokenizer and system prompt count.")
+    ] = "smollm2-135m",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """For each knowledge item of SUITE: does the bot's retrieval put its facts into the
+    request, and do they survive Ollama's cut at num_ctx? The hit rate, and per item the
+    titles retrieved and where each fact was found or lost."""
+    from dataclasses import replace
+
+    from meshtune import kbcheck, meshmaster
+    from meshtune.suites import load_suite
+
+    if num_ctx is not None and num_ctx < 2:
+        raise MeshtuneError(f"--num-ctx {num_ctx}: must be at least 2")
+    config = meshmaster.load_config(mesh_master_config)
+    if num_ctx is not None:
+        config = replace(config, num_ctx=num_ctx)
+    kb = meshmaster.open_knowledge(knowledge, config)
+    the_suite = load_suite(suite)
+    kbcheck.knowledge_items(the_suite)  # a suite without them fails before the model loads
+    tokenizer, system, _ = _local_tokenizer(model)
+    result = kbcheck.check(kb, the_suite, config, tokenizer, system)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
 
 # ---------------------------------------------------------------- eval

@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = {
     "quick": "meshtune/assets/quick_eval.jsonl",
     "mesh": "data/eval/mesh_eval.jsonl",
+    "knowledge": "data/eval/knowledge_eval.jsonl",  # /meshtastic items, for `kb check`
 }
 
 
