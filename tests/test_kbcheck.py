@@ -78,3 +78,20 @@ def test_a_suite_without_knowledge_items_and_a_missing_file_are_one_line_errors(
     assert result.code == 2 and "no knowledge items" in result.err
     result = cli("kb", "check", tmp_path / "nope.txt")
     assert result.code == 2 and "nope.txt" in result.err
+
+
+def test_meshtunes_own_knowledge_file_hands_the_model_more_facts_than_the_shipped_one(
+    real, smol_tokenizer
+):
+    from meshtune import kbcheck, meshmaster
+
+    suite = load_suite("knowledge")
+    system = meshmaster.DEFAULT_SYSTEM_PROMPT
+    rates = {}
+    for name, path in (
+        ("shipped", real / "mesh-master-meshtastic-knowledge.txt"),
+        ("own", meshmaster.OWN_KNOWLEDGE),
+    ):
+        kb = meshmaster.load_knowledge(path)
+        rates[name] = kbcheck.check(kb, suite, meshmaster.SHIPPED, smol_tokenizer, system).hit_rate
+    assert rates["own"] >= 0.9 > 0.5 > rates["shipped"]

@@ -37,6 +37,7 @@ from meshtune.meshmaster.history import (
 from meshtune.meshmaster.knowledge import (
     KNOWLEDGE_SYSTEM_PROMPT,
     NO_MATCH_REPLY,
+    OWN_KNOWLEDGE,
     Knowledge,
     load_knowledge,
     open_knowledge,
@@ -68,6 +69,7 @@ __all__ = [
     "MAX_CHUNKS",
     "NO_MATCH_REPLY",
     "OPTIONS",
+    "OWN_KNOWLEDGE",
     "SHIPPED",
     "SYSTEM_PROMPT",
     "TRAIL",

@@ -44,6 +44,10 @@ NO_MATCH_REPLY = "No matching MeshTastic references found. Refine your question 
 CHUNK_CHARS = 900
 MAX_EXCERPTS = 5
 
+# meshtune's own knowledge file, written for this retriever (short sections titled the way
+# people ask, their key words in the text, one fact family each); export ships it with a model.
+OWN_KNOWLEDGE = Path(__file__).resolve().parents[1] / "assets" / "meshtastic_knowledge.txt"
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
