@@ -12,8 +12,9 @@ keys hold a correct reply and a plausible wrong one: the shipped suite's tests p
 every item's checks accept the first and reject the second. Unknown keys are errors, so a typo
 such as `forbidd` cannot silently pass.
 
-Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
-`mesh` (the repository's data/eval/mesh_eval.jsonl).
+Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets),
+`mesh` (the repository's data/eval/mesh_eval.jsonl) and `knowledge`
+(data/eval/knowledge_eval.jsonl: `/meshtastic` items for `meshtune kb check`).
 """
 
 import json
