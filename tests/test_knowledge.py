@@ -129,3 +129,16 @@ def test_the_budget_key_is_clamped_as_the_bot_clamps_it(tmp_path):
         config = tmp_path / "config.json"
         config.write_text(json.dumps({"meshtastic_kb_max_context_chars": value}))
         assert meshmaster.load_config(config).kb_max_chars == budget
+
+
+def test_meshtune_prompt_reads_history_times_and_at_for_the_session_timeout(cli, real, tmp_path):
+    history = tmp_path / "history.jsonl"
+    line = {"from": "K7QX", "text": "/meshtastic what is the hop limit", "ai": False, "at": 100}
+    history.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    kb = real / "mesh-master-meshtastic-knowledge.txt"
+    args = ("prompt", "more?", "--knowledge", kb, "--history", history, "--at")
+    assert meshmaster.KNOWLEDGE_SYSTEM_PROMPT in cli(*args, "200").out
+    assert meshmaster.KNOWLEDGE_SYSTEM_PROMPT not in cli(*args, "100000").out
+    history.write_text(json.dumps({**line, "at": "noon"}) + "\n", encoding="utf-8")
+    bad = cli(*args, "200")
+    assert bad.code == 2 and f"{history}:1: `at` must be a time in seconds" in bad.err

@@ -152,3 +152,25 @@ def test_llamacpp_shifts_the_context_when_the_reply_fills_it(llama):
     sampled = long_request(num_ctx=len(sent) + 4, num_predict=40, profile="meshmaster")
     together = [g.text for g in llama.generate_batch(sampled, [1, 2])]
     assert together == [llama.generate(sampled, 1).text, llama.generate(sampled, 2).text]
+
+
+def test_eval_warns_with_the_count_when_prompts_exceed_the_configs_num_ctx(
+    cli, tiny_llama, tmp_path
+):
+    suite = tmp_path / "suite.jsonl"
+    rows = [
+        {"id": "short", "prompt": "hi"},
+        {"id": "long", "prompt": " ".join(f"word{i}" for i in range(400))},
+    ]
+    suite.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ollama_num_ctx": 512}), encoding="utf-8")
+    result = cli(
+        "eval", tiny_llama, "--backend", "hf", "--suite", suite, "--profile", "greedy",
+        "--mesh-master-config", config, "--out", tmp_path / "report",
+    )  # fmt: skip
+    assert result.code in (0, 1), result.err
+    assert "warning: 1 of 2 prompts exceed num_ctx 512" in result.err
+    assert "this hf backend saw the whole prompt" in result.err
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert list(summary["over_num_ctx"]["items"]) == ["long"]
