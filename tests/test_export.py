@@ -28,6 +28,7 @@ from meshtune.errors import MeshtuneError
 from meshtune.export import deploy, gguf, modelfile, proof
 from meshtune.export.gguf import llama as gguf_llama
 from meshtune.meshmaster import OPTIONS
+from meshtune.meshmaster.knowledge import OWN_KNOWLEDGE
 from meshtune.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +85,13 @@ def test_export_writes_merged_folder_gguf_modelfile_and_deploy_note(chatml):
     assert "ollama create tiny -f Modelfile" in deploy
     assert '"ollama_model": "tiny",' in deploy
     assert "override the Modelfile" in deploy and "num_predict 80" in deploy
+    assert "Modelfile meshtastic_knowledge.txt pi@" in deploy  # copied with the model
+    assert '"ollama_num_ctx": 2048' in deploy
+    knowledge = run / "meshtastic_knowledge.txt"
+    assert knowledge.read_bytes() == OWN_KNOWLEDGE.read_bytes()
     info = json.loads((run / "export.json").read_text())
     assert info["gguf"] == "tiny-F32.gguf" and info["verified"] is False
+    assert info["knowledge"] == "meshtastic_knowledge.txt"
     assert f"wrote {run / 'merged'}" in out
 
 

@@ -19,8 +19,9 @@ holds the item's known false claims):
     "stance": "yes" | "no"         a yes/no question: the reply must open with that answer
     "need": "..."                  the expected answer in words, for a reply that misses it
 
-Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
-`mesh` (the repository's data/eval/mesh_eval.jsonl).
+Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets),
+`mesh` (the repository's data/eval/mesh_eval.jsonl) and `knowledge`
+(data/eval/knowledge_eval.jsonl: `/meshtastic` items for `meshtune kb check`).
 """
 
 import json
@@ -42,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = {
     "quick": "meshtune/assets/quick_eval.jsonl",
     "mesh": "data/eval/mesh_eval.jsonl",
+    "knowledge": "data/eval/knowledge_eval.jsonl",  # /meshtastic items, for `kb check`
 }
 
 

@@ -107,6 +107,7 @@ def evaluate(
         "seeds": [seed + s for s in range(n)],
         **({"mesh_master": ask.describe()} if prof.mesh_master_prompt else {}),
         "request_example": first.messages,  # exactly what the first item sent
+        **_over_num_ctx(rows, prof.options.get("num_ctx")),
     }
     return _judged(info, rows, gate_cfg, out, generation)
 
@@ -271,6 +272,15 @@ def _row(
         ),
         "prompt_tokens": gen.prompt_tokens,
     }
+
+
+def _over_num_ctx(rows: list[dict], num_ctx: int | None) -> dict[str, Any]:
+    """The items whose prompt Ollama would cut at the request's num_ctx (it sends whole only
+    num_ctx - 1 tokens); the llamacpp backend answered what the cut leaves."""
+    if num_ctx is None:
+        return {}
+    over = {r["item"]: r["prompt_tokens"] for r in rows if (r["prompt_tokens"] or 0) >= num_ctx}
+    return {"over_num_ctx": {"num_ctx": num_ctx, "items": over}}
 
 
 def _run_info(
