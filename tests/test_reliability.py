@@ -6,12 +6,14 @@ on loopback, real signals. The property tests at the end throw random recipes, `
 and bytes at the commands: the only outcomes allowed are success or one line with exit 2.
 """
 
+import contextlib
 import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -479,6 +481,203 @@ def test_eval_out_that_is_a_file_is_refused_before_evaluating(cli, tmp_path):
         server.close()
     assert one_line_error(r) and "is a file, not a folder" in r.err, r.err
     assert server.requests == 0 and taken.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22 (items 4-6): bounded waits, no "unexpected" errors, verdicts that say when they do not
+# apply. The servers are real HTTP servers on loopback that misbehave on purpose; the ones that
+# stand in for Ollama or an OpenAI server are named fake_ollama / fake_openai.
+
+
+class _Misbehaving:
+    """A real HTTP server on loopback whose every POST is answered by `answer(handler)`, which
+    writes whatever bytes it likes (or nothing) to `handler.wfile`."""
+
+    def __init__(self, answer):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    answer(self)  # (the client may give up first, as it should)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _headers(h, content_type="application/json", length=None):
+    h.send_response(200)
+    h.send_header("Content-Type", content_type)
+    if length is not None:
+        h.send_header("Content-Length", str(length))
+    else:
+        h.send_header("Connection", "close")
+    h.end_headers()
+    h.wfile.flush()
+
+
+def _eval_against(cli, tmp_path, backend, answer, *extra):
+    """`meshtune eval` of a served model against a misbehaving server; (result, seconds)."""
+    server = _Misbehaving(answer)
+    start = time.monotonic()
+    try:
+        r = cli("eval", "bot", "--backend", backend, "--url", server.url, "--suite", "quick",
+                "--timeout", "0.5", "--out", tmp_path / "report", *extra)  # fmt: skip
+    finally:
+        seconds = time.monotonic() - start
+        server.close()
+    assert not (tmp_path / "report").exists()
+    return r, seconds
+
+
+def _ollama_chunk(text, done=False):
+    return json.dumps({"response": text, "done": done}).encode() + b"\n"
+
+
+def test_fake_ollama_streaming_forever_without_done_ends_with_a_clear_error(cli, tmp_path):
+    def forever(h):
+        _headers(h, "application/x-ndjson")
+        while True:
+            h.wfile.write(_ollama_chunk("more "))
+            h.wfile.flush()
+            time.sleep(0.05)
+
+    r, seconds = _eval_against(cli, tmp_path, "ollama", forever)
+    assert one_line_error(r), r.err
+    assert "/api/generate: the reply was still coming after 2 s" in r.err
+    assert "the server does not end its reply" in r.err and seconds < 10
+
+
+def test_fake_ollama_closing_its_stream_without_done_says_so(cli, tmp_path):
+    def cut(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(_ollama_chunk("Hi") + _ollama_chunk(" there"))
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", cut)
+    assert one_line_error(r), r.err
+    assert "the stream ended without a `done` chunk after 2 chunks" in r.err
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_fake_server_that_accepts_and_never_answers_says_no_answer_not_cannot_connect(
+    cli, tmp_path, backend
+):
+    r, seconds = _eval_against(cli, tmp_path, backend, lambda h: time.sleep(5))
+    assert one_line_error(r), r.err
+    assert "the server took the request but sent no answer within 0.5 s" in r.err
+    assert "cannot connect" not in r.err and seconds < 4
+
+
+@pytest.mark.parametrize(
+    ("backend", "start"), [("ollama", _ollama_chunk("Hi")), ("openai", b'{"choi')]
+)
+def test_fake_server_whose_body_stalls_after_the_headers_says_stalled(
+    cli, tmp_path, backend, start
+):
+    def stall(h):
+        _headers(h, length=500)
+        h.wfile.write(start)
+        h.wfile.flush()
+        time.sleep(5)
+
+    r, seconds = _eval_against(cli, tmp_path, backend, stall)
+    assert one_line_error(r), r.err
+    assert f"the reply stalled: nothing for 0.5 s after {len(start)} bytes" in r.err
+    assert seconds < 4
+
+
+def test_fake_openai_with_a_truncated_body_says_the_server_closed_mid_reply(cli, tmp_path):
+    def truncated(h):
+        _headers(h, length=300)
+        h.wfile.write(b'{"choices": [{"message": {"content": "Hel')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", truncated)
+    assert one_line_error(r), r.err
+    assert "the server closed the connection mid-reply (41 of 300 bytes)" in r.err
+
+
+def test_fake_openai_closing_the_connection_without_answering_says_so(cli, tmp_path):
+    def hang_up(h):
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", hang_up)
+    assert one_line_error(r), r.err
+    assert "the server closed the connection without answering" in r.err
+
+
+def _json_answer(reply):
+    def answer(h):
+        body = json.dumps(reply).encode()
+        _headers(h, length=len(body))
+        h.wfile.write(body)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"), [(42, "a number (42)"), ([{"type": "text", "text": "hi"}], "a list ([{")]
+)
+def test_fake_openai_reply_with_content_a_number_or_a_list_names_the_field(
+    cli, tmp_path, content, kind
+):
+    reply = {"choices": [{"message": {"content": content}, "finish_reason": "stop"}]}
+    r, _ = _eval_against(cli, tmp_path, "openai", _json_answer(reply))
+    assert one_line_error(r), r.err
+    assert f"the reply's `choices.0.message.content` is {kind}" in r.err
+    assert "not a string; the server does not answer as the OpenAI API does" in r.err
+
+
+def test_fake_openai_reply_without_choices_names_the_field(cli, tmp_path):
+    r, _ = _eval_against(cli, tmp_path, "openai", _json_answer({"choices": []}))
+    assert one_line_error(r) and "the reply has no `choices[0]`" in r.err, r.err
+
+
+def test_fake_ollama_reply_with_response_42_names_the_field(cli, tmp_path):
+    def answer(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(json.dumps({"response": 42, "done": True}).encode() + b"\n")
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", answer)
+    assert one_line_error(r), r.err
+    assert "the reply's `response` is a number (42), not a string" in r.err
+    assert "does not answer as Ollama does" in r.err
+
+
+def test_fake_ollama_reply_with_a_5000_digit_integer_is_not_json_not_unexpected(cli, tmp_path):
+    def answer(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(b'{"response": "hi", "eval_count": ' + b"9" * 5000 + b', "done": true}\n')
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", answer)
+    assert one_line_error(r) and "the server did not answer with JSON" in r.err, r.err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:11434/a b", "http://local host:11434"])
+def test_a_url_with_a_space_is_refused_before_any_request(cli, tmp_path, url):
+    r = cli("eval", "bot", "--backend", "ollama", "--url", url, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"--url {url!r}: contains a space or control character" in r.err
+
+
+def test_a_url_where_nothing_listens_says_connection_refused(cli, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli("eval", "bot", "--backend", "ollama", "--url", f"http://127.0.0.1:{port}",
+            "--suite", "quick", "--out", tmp_path / "o")  # fmt: skip
+    assert one_line_error(r), r.err
+    assert "nothing is listening there (connection refused); start the server" in r.err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -331,6 +331,14 @@ ThreadsOpt = Annotated[
     typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
 ]
 
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds a server may take to start its reply, and to pause in it (default 120, "
+        "Mesh Master's ollama_timeout); a whole reply gets 4 times that."
+    ),
+]
+
 
 @app.command("eval")
 def eval_cmd(
@@ -344,6 +352,7 @@ def eval_cmd(
     compare: CompareOpt = None,
     system: SystemOpt = None,
     url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
+    timeout: TimeoutOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
     threads: ThreadsOpt = None,
     registry: RegistryOpt = None,
@@ -362,6 +371,8 @@ def eval_cmd(
         raise MeshtuneError(f"--threads {threads}: must be at least 1")
     if url is not None:
         check_url(url)
+    if timeout is not None and not timeout > 0:
+        raise MeshtuneError(f"--timeout {timeout:g}: must be more than 0 seconds")
     if out is not None:
         check_output_dir(out, "--out")
     _on_interrupt(lambda: "nothing was written (the report is written when evaluation ends)")
@@ -372,6 +383,7 @@ def eval_cmd(
         gate=gate,
         system=system,
         url=url,
+        timeout=timeout,
         seed=seed,
         threads=threads,
         registry=load_registry(registry),

@@ -31,6 +31,7 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
+from meshtune.evaluate.http_post import TIMEOUT_S
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
 from meshtune.meshmaster import SHIPPED, BotConfig
 from meshtune.suites import Item, Suite, load_suite
@@ -62,6 +63,7 @@ def evaluate(
     gate: str | Path | GateConfig | None = None,
     system: str | None = None,
     url: str | None = None,
+    timeout: float | None = None,
     seed: int = 0,
     threads: int | None = None,
     registry: Registry | None = None,
@@ -87,7 +89,7 @@ def evaluate(
     n = samples if prof.sampled else 1  # a greedy reply is the same every time
     registry = registry or load_registry()
     start = time.perf_counter()
-    engine = open_backend(spec, url, threads)
+    engine = open_backend(spec, url, threads, timeout or TIMEOUT_S)
     try:
         loaded = time.perf_counter()
         rows = _run(engine, the_suite, ask, n, seed, registry, progress)

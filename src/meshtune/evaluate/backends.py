@@ -14,21 +14,19 @@ into num_predict ("length").
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshtune import models, rundir
 from meshtune.errors import MeshtuneError
+from meshtune.evaluate.http_post import TIMEOUT_S, Answer, json_object
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
 from meshtune.ollama import REPEAT_LAST_N, Sampling
 from meshtune.rundir import RunDir
 
 BACKENDS = ("hf", "llamacpp", "openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
-TIMEOUT_S = 120  # Mesh Master's ollama_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +142,9 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
     )
 
 
-def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = None) -> Backend:
+def open_backend(
+    spec: ModelSpec, url: str | None = None, threads: int | None = None, timeout: float = TIMEOUT_S
+) -> Backend:
     if spec.backend == "llamacpp":
         assert spec.gguf is not None
         return LlamaCppBackend(spec.gguf, threads=threads)
@@ -152,8 +152,8 @@ def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = 
         assert spec.hf_name is not None
         return HFBackend(models.resolve(spec.hf_name).folder, spec.adapter, threads=threads)
     if spec.backend == "openai":
-        return OpenAIBackend(url or DEFAULT_URLS["openai"], spec.name)
-    return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name)
+        return OpenAIBackend(url or DEFAULT_URLS["openai"], spec.name, timeout)
+    return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name, timeout)
 
 
 def default_threads() -> int:
@@ -468,48 +468,46 @@ def check_url(url: str) -> str:
     """A server URL: http(s)://host[:port][/path]. Checked before any model is loaded."""
     from urllib.parse import urlsplit
 
+    example = "e.g. http://127.0.0.1:11434"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number)
     except ValueError as e:
-        raise MeshtuneError(f"--url {url!r}: not a URL ({e}); e.g. http://127.0.0.1:11434") from e
+        raise MeshtuneError(f"--url {url!r}: not a URL ({e}); {example}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MeshtuneError(f"--url {url!r}: not an http(s) URL with a host; {example}")
+    if any(c.isspace() or ord(c) < 32 for c in url):
         raise MeshtuneError(
-            f"--url {url!r}: not an http(s) URL with a host; e.g. http://127.0.0.1:11434"
+            f"--url {url!r}: contains a space or control character; remove it (or write a "
+            f"space in the path as %20), {example}"
         )
     return url
 
 
-def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-    data = json.dumps(body).encode()
-    try:
-        req = urllib.request.Request(
-            url, data, {"Content-Type": "application/json", **(headers or {})}, method="POST"
-        )
-        return urllib.request.urlopen(req, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        detail = " ".join(e.read().decode(errors="replace")[:200].split())
-        raise MeshtuneError(f"{url}: HTTP {e.code} ({detail}); check the model name") from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise MeshtuneError(f"{url}: cannot connect ({reason}); is the server running?") from e
-    except ValueError as e:  # urllib's "unknown url type"
-        raise MeshtuneError(f"{url}: not a URL meshtune can call ({e}); check --url") from e
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list",
+               dict: "object", type(None): "null"}  # fmt: skip
 
 
-def _json_object(raw: bytes, url: str) -> dict[str, Any]:
-    """A server's JSON reply; anything else (an HTML page, a proxy's error) is named as such."""
-    try:
-        out = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        start = " ".join(raw[:80].decode(errors="replace").split())
-        raise MeshtuneError(
-            f"{url}: the server did not answer with JSON (it sent {start!r}); check --url "
-            "points at the model server itself"
-        ) from e
-    if not isinstance(out, dict):
-        raise MeshtuneError(f"{url}: unexpected reply {str(out)[:120]!r}; check --url")
-    return out
+def reply_field(reply: dict[str, Any], path: str, kind: type, url: str, api: str) -> Any:
+    """A server reply's value at a dotted path ("choices.0.message.content"), which must be a
+    `kind` (an int for float); absent or null is None. Anything else is an error naming the
+    field, since a reply read wrong would be judged as the model's words."""
+    value: Any = reply
+    for key in path.split("."):
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return None
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if value is None or ok or (kind is float and type(value) is int):
+        return value
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    raise MeshtuneError(
+        f"{url}: the reply's `{path}` is a {got} ({json.dumps(value)[:60]}), not a "
+        f"{_JSON_TYPES[kind]}; the server does not answer as {api} does: check --url and --backend"
+    )
 
 
 class OpenAIBackend:
@@ -518,10 +516,11 @@ class OpenAIBackend:
     llama.cpp servers read; OPENAI_API_KEY is sent as a bearer token when set."""
 
     name = "openai"
+    API = "the OpenAI API"
 
-    def __init__(self, url: str, model: str):
+    def __init__(self, url: str, model: str, timeout: float = TIMEOUT_S):
         self.url = url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
-        self.model = model
+        self.model, self.timeout = model, timeout
         key = os.environ.get("OPENAI_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -539,21 +538,25 @@ class OpenAIBackend:
             "seed": seed,
         }
         start = time.perf_counter()
-        with _post(self.url, body, self.headers) as resp:
-            out = _json_object(resp.read(), self.url)
+        with Answer(self.url, body, self.headers, self.timeout) as answer:
+            out = answer.json()
         seconds = time.perf_counter() - start
-        try:
-            choice = out["choices"][0]
-            usage = out.get("usage") or {}
-            return Generation(
-                choice["message"].get("content") or "",
-                "length" if choice.get("finish_reason") == "length" else "stop",
-                usage.get("completion_tokens"),
-                usage.get("prompt_tokens"),
-                seconds,
+
+        def field(path: str, kind: type) -> Any:
+            return reply_field(out, path, kind, self.url, self.API)
+
+        if field("choices.0", dict) is None:
+            raise MeshtuneError(
+                f"{self.url}: the reply has no `choices[0]` ({str(out)[:120]!r}); check --url "
+                "points at an OpenAI-compatible server"
             )
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise MeshtuneError(f"{self.url}: unexpected reply {str(out)[:200]}") from e
+        return Generation(
+            field("choices.0.message.content", str) or "",
+            "length" if field("choices.0.finish_reason", str) == "length" else "stop",
+            field("usage.completion_tokens", int),
+            field("usage.prompt_tokens", int),
+            seconds,
+        )
 
     def close(self) -> None:
         pass
@@ -566,10 +569,11 @@ class OllamaBackend:
     PARAMETERs apply; a multi-turn chat goes to /api/chat as `ollama run` does."""
 
     name = "ollama"
+    API = "Ollama"
 
-    def __init__(self, url: str, model: str):
+    def __init__(self, url: str, model: str, timeout: float = TIMEOUT_S):
         self.base = url.rstrip("/").removesuffix("/api/generate")
-        self.model = model
+        self.model, self.timeout = model, timeout
 
     def body(self, request: Request, seed: int) -> tuple[str, dict[str, Any]]:
         """The endpoint and the exact JSON body for one request."""
@@ -584,28 +588,36 @@ class OllamaBackend:
 
     def generate(self, request: Request, seed: int) -> Generation:
         path, body = self.body(request, seed)
+        url = self.base + path
         start = time.perf_counter()
         parts: list[str] = []
         final: dict[str, Any] = {}
-        with _post(self.base + path, body) as resp:
-            for raw in resp:  # newline-delimited JSON chunks; the last has "done": true
+        with Answer(url, body, {}, self.timeout) as answer:
+            for raw in answer.lines():  # newline-delimited JSON chunks; the last has "done"
                 if not raw.strip():
                     continue
-                chunk = _json_object(raw, self.base + path)
+                chunk = json_object(raw, url)
+
+                def field(path: str, kind: type, chunk: dict[str, Any] = chunk) -> Any:
+                    return reply_field(chunk, path, kind, url, self.API)
+
                 if "error" in chunk:
-                    raise MeshtuneError(f"{self.base}{path}: {chunk['error']}")
-                parts.append(chunk.get("response") or chunk.get("message", {}).get("content", ""))
-                if chunk.get("done"):
+                    raise MeshtuneError(f"{url}: the server says: {str(chunk['error'])[:200]}")
+                parts.append(field("response", str) or field("message.content", str) or "")
+                if field("done", bool):
                     final = chunk
                     break
         seconds = time.perf_counter() - start
         if not final:
-            raise MeshtuneError(f"{self.base}{path}: the stream ended without done; retry")
+            raise MeshtuneError(
+                f"{url}: the stream ended without a `done` chunk after {len(parts)} chunks "
+                "(the server closed it mid-reply); check the server's log and retry"
+            )
         return Generation(
             "".join(parts),
-            "length" if final.get("done_reason") == "length" else "stop",
-            final.get("eval_count"),
-            final.get("prompt_eval_count"),
+            "length" if field("done_reason", str) == "length" else "stop",
+            field("eval_count", int),
+            field("prompt_eval_count", int),
             seconds,
         )
 
