@@ -680,6 +680,38 @@ def test_a_url_where_nothing_listens_says_connection_refused(cli, tmp_path):
     assert "nothing is listening there (connection refused); start the server" in r.err
 
 
+def test_chat_with_ollama_num_ctx_128000_uses_the_models_context_and_says_so(tmp_path):
+    """Ollama clamps num_ctx to the model's trained context (8192 for the embedded model);
+    chat does too, instead of allocating a 256,000-token context."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ollama_num_ctx": 128000}))
+    proc = _meshtune("chat", "smollm2-135m", "--mesh-master-config", config, stdin=subprocess.PIPE)
+    proc.stdin.write("/quit\n")
+    proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    assert (
+        f"warning: ollama_num_ctx 128000 in {config} is more than smollm2-135m's context "
+        "(8192 tokens); Ollama uses 8192 and so does chat" in " ".join(out.split())
+    )
+    assert "num_ctx 8192" in out
+    assert usage.ru_maxrss < 1_500_000, f"{usage.ru_maxrss} KiB"  # was 6 GB
+
+
+def test_eval_threads_64_is_capped_at_the_machines_cpus_with_a_warning(cli, tmp_path):
+    reply = {"choices": [{"message": {"content": "Use /help."}, "finish_reason": "stop"}]}
+    server = _Misbehaving(_json_answer(reply))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--threads", "64", "--out", tmp_path / "report")  # fmt: skip
+    finally:
+        server.close()
+    cpus = len(os.sched_getaffinity(0))
+    assert r.code in (0, 1), r.err
+    assert f"warning: --threads 64: this machine runs {cpus} CPU threads; using {cpus}" in r.err
+
+
 # ---------------------------------------------------------------------------------------------
 # The error boundary and signals
 

@@ -362,13 +362,17 @@ def eval_cmd(
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies."""
-    from meshtune.evaluate.backends import check_url
+    from meshtune.evaluate.backends import capped_threads, check_url
     from meshtune.meshmaster import load_config
 
     # Every argument checked before a model is loaded: a wrong one fails in a second, not
     # after the whole evaluation.
     if threads is not None and threads < 1:
         raise MeshtuneError(f"--threads {threads}: must be at least 1")
+    if threads is not None:
+        threads, warning = capped_threads(threads)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
     if url is not None:
         check_url(url)
     if timeout is not None and not timeout > 0:

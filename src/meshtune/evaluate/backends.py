@@ -156,9 +156,29 @@ def open_backend(
     return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name, timeout)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     # Small models gain little from many threads (benchmarks/eval_speed.py measures it).
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
+
+
+def capped_threads(threads: int) -> tuple[int, str | None]:
+    """--threads within the machine's CPUs, and a warning when it was more: each llama.cpp
+    lane is a context of its own, so threads beyond the cores only take memory."""
+    cpus = usable_cpus()
+    if threads <= cpus:
+        return threads, None
+    return cpus, (
+        f"--threads {threads}: this machine runs {cpus} CPU threads; using {cpus} (more only "
+        "take memory: each is a llama.cpp context)"
+    )
 
 
 # ---------------------------------------------------------------- llama.cpp
@@ -214,6 +234,10 @@ class LlamaCppBackend:
         # thread, room for parallel sequences in one shared cell pool (copied prompt cells are
         # shared, not duplicated).
         params = C.llama_context_params.from_buffer_copy(self.llm.context_params)
+        # A context beyond the model's trained one holds nothing it can use, only memory (Ollama
+        # clamps num_ctx the same way).
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.llm.model)
+        n_ctx = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = _Lane.BATCH  # a prompt chunk is decoded at once
         params.n_seq_max = self.MAX_SEQ
