@@ -712,6 +712,123 @@ def test_eval_threads_64_is_capped_at_the_machines_cpus_with_a_warning(cli, tmp_
     assert f"warning: --threads 64: this machine runs {cpus} CPU threads; using {cpus}" in r.err
 
 
+def _report(cli, tmp_path, name, reply_text):
+    """A real report folder: `meshtune eval` of a served model whose every reply is
+    `reply_text` (a fake_openai server)."""
+    reply = {"choices": [{"message": {"content": reply_text}, "finish_reason": "stop"}]}
+    server = _Misbehaving(_json_answer(reply))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--out", tmp_path / name)  # fmt: skip
+    finally:
+        server.close()
+    assert r.code in (0, 1), r.err
+    return tmp_path / name
+
+
+def test_compare_reads_a_report_holding_a_reply_with_a_raw_u2028(cli, tmp_path):
+    a = _report(cli, tmp_path, "a", "Use /help\u2028for the commands.")
+    b = _report(cli, tmp_path, "b", "DM alice\u0085with /relay.")
+    assert "\u2028" in (a / "replies.jsonl").read_text()  # written raw, valid JSON
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert r.code in (0, 1) and "wrote" in r.out, r.err
+    assert (tmp_path / "cmp" / "compare.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [("[]", "summary.json: not a JSON object"),
+     ("{", "summary.json: not valid JSON (Expecting property name"),
+     ('{"suite": "quick"}', "summary.json: `profile`: Field required"),
+     ("chars", "summary.json: `chars.p50`: Input should be a valid number")],
+)  # fmt: skip
+def test_compare_on_a_damaged_summary_json_names_the_file_and_the_field(
+    cli, tmp_path, damage, said
+):
+    a = _report(cli, tmp_path, "a", "Use /help.")
+    b = _report(cli, tmp_path, "b", "Use /help.")
+    if damage == "chars":
+        summary = json.loads((b / "summary.json").read_text())
+        damage = json.dumps({**summary, "chars": {"p50": "x", "p90": 1}})
+    (b / "summary.json").write_text(damage)
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert one_line_error(r), r.err
+    assert f"{b}/{said}" in r.err and "re-run `meshtune eval` with --out" in r.err
+
+
+def test_compare_on_a_damaged_replies_line_names_the_line(cli, tmp_path):
+    a = _report(cli, tmp_path, "a", "Use /help.")
+    b = _report(cli, tmp_path, "b", "Use /help.")
+    lines = (b / "replies.jsonl").read_text().split("\n")
+    lines[2] = json.dumps({**json.loads(lines[2]), "passed": "maybe"})
+    (b / "replies.jsonl").write_text("\n".join(lines))
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert one_line_error(r), r.err
+    assert f"{b}/replies.jsonl:3: `passed`: Input should be a valid boolean" in r.err
+
+
+def _suite(tmp_path, *lines):
+    path = tmp_path / "suite.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_a_suite_line_with_a_raw_u2028_inside_a_string_is_valid_json(tmp_path):
+    from meshtune.suites import load_suite
+
+    line = json.dumps({"id": "a", "prompt": "hi\u2028there\u0085you"}, ensure_ascii=False)
+    suite = load_suite(str(_suite(tmp_path, line, '{"id": "b", "prompt": "next"}')))
+    assert [i.prompt for i in suite.items] == ["hi\u2028there\u0085you", "next"]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("[" * 100_000 + "]" * 100_000, "arrays or objects nested too deeply"),
+     ("9" * 5000, "a 5,000-digit number, longer than a number can be")],
+)  # fmt: skip
+def test_a_suite_line_nested_100000_deep_or_with_a_5000_digit_integer_is_a_one_line_error(
+    cli, tmp_path, value, said
+):
+    suite = _suite(tmp_path, '{"id": "a", "prompt": "hi"}', f'{{"id": "b", "prompt": {value}}}')
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:2: invalid JSON ({said}" in r.err
+
+
+def test_a_suite_line_with_a_lone_surrogate_is_a_one_line_error(cli, tmp_path):
+    suite = _suite(tmp_path, '{"id": "a", "prompt": "hi \\ud800 there"}')
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:1: invalid JSON (a lone surrogate \\ud800 is not a character" in r.err
+
+
+def test_a_channel_suite_item_written_slash_ai_hi_is_sent_once_as_the_bot_sends_it(tmp_path):
+    from meshtune.evaluate.profiles import build_request, get_profile
+    from meshtune.meshmaster import build_prompt
+    from meshtune.suites import load_suite
+
+    line = json.dumps({"id": "a", "prompt": "/ai how do I relay?", "channel": True})
+    (item,) = load_suite(str(_suite(tmp_path, line))).items
+    assert item.prompt == "how do I relay?"
+    request = build_request(item, get_profile("meshmaster"), "S")
+    bot = build_prompt("/ai how do I relay?", channel=True)
+    assert request.messages[-1]["content"] == bot and "/ai /ai" not in bot
+
+
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [("/ai", "'/ai' has no question: on a channel the bot answers it with help text"),
+     ("/data hi", "'/data': a channel item is sent as /ai QUESTION; write the question alone")],
+)  # fmt: skip
+def test_a_bare_channel_slash_ai_suite_item_is_refused_in_eval_as_in_prompt(
+    cli, tmp_path, prompt, said
+):
+    suite = _suite(tmp_path, json.dumps({"id": "a", "prompt": prompt, "channel": True}))
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:1: {said}" in r.err
+
+
 # ---------------------------------------------------------------------------------------------
 # The error boundary and signals
 

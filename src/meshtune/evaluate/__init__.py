@@ -20,6 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
@@ -33,6 +36,7 @@ from meshtune.evaluate.backends import (
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
 from meshtune.evaluate.http_post import TIMEOUT_S
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
+from meshtune.files import read_text
 from meshtune.meshmaster import SHIPPED, BotConfig
 from meshtune.suites import Item, Suite, load_suite
 
@@ -231,21 +235,83 @@ def _run_info(
     }
 
 
+class _Category(BaseModel):
+    items: int
+    pass_rate: float
+
+
+class _Chars(BaseModel):
+    p50: float
+    p90: float
+
+
+class _Summary(BaseModel):
+    """What a comparison and the gate read from a report's summary.json."""
+
+    model_config = ConfigDict(extra="allow")
+    suite: str
+    profile: str
+    categories: dict[str, _Category]
+    chars: _Chars
+    pass_rate: float
+    loop_rate: float
+    runaway_rate: float
+    invented_command_rate: float
+    command_dump_rate: float
+    canned_rate: float
+    gate_config: GateConfig | None = None
+
+
+class _Reply(BaseModel):
+    """What they read from each line of replies.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+    item: str
+    category: str
+    question: str
+    passed: bool
+    chars: float
+    loop: Any
+    runaway: bool
+    command_dump: bool
+    invented_commands: list[str]
+
+
 def load_result(folder: str | Path) -> EvalResult:
-    """A finished evaluation read back from its report folder (summary.json, replies.jsonl)."""
+    """A finished evaluation read back from its report folder (summary.json, replies.jsonl);
+    a damaged file is an error naming it, the line and the field."""
     folder = Path(folder)
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        lines = (folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise MeshtuneError(
-            f"{folder}: not a readable evaluation report ({e}); run `meshtune eval` with --out"
-        ) from e
-    cfg = GateConfig.model_validate(summary.get("gate_config") or {})
-    verdict = judge(summary, rows, cfg)
+    fix = "re-run `meshtune eval` with --out to write the report again"
+    summary = _report_record(
+        _Summary, folder / "summary.json", 0, read_text(folder / "summary.json"), fix
+    )
+    path = folder / "replies.jsonl"
+    rows = [
+        _report_record(_Reply, path, n, line, fix)
+        for n, line in jsontext.lines(read_text(path))
+        if line.strip()
+    ]
+    verdict = judge(summary, rows, GateConfig.model_validate(summary.get("gate_config") or {}))
     summary["gate"] = verdict.to_dict()
     return EvalResult(summary, rows, verdict)
+
+
+def _report_record(kind: type[BaseModel], path: Path, line: int, text: str, fix: str) -> dict:
+    """One JSON object of a report file, checked to hold what is read from it (kept whole)."""
+    where = f"{path}:{line}" if line else str(path)
+    try:
+        raw = jsontext.loads(text)
+    except json.JSONDecodeError as e:
+        raise MeshtuneError(f"{where}: not valid JSON ({e.msg}); {fix}") from e
+    if not isinstance(raw, dict):
+        raise MeshtuneError(f"{where}: not a JSON object; {fix}")
+    try:
+        kind.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise MeshtuneError(f"{where}: `{field}`: {err['msg']}; {fix}") from e
+    return raw
 
 
 def is_report(path: str | Path) -> bool:
