@@ -1,0 +1,147 @@
+"""The bot's message log and the `Context:` it builds from it: which earlier lines of a DM or
+channel thread the model sees, and how each was logged."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshtune.errors import MeshtuneError
+from meshtune.files import read_text
+from meshtune.meshmaster.config import BotConfig
+
+# How the bot logs what it receives: a DM's words are never logged (privacy), and some commands
+# are logged as markers. The Context the model sees is built from this log.
+DM_PLACEHOLDER = "📨 dm received"
+COMMAND_MARKERS = {
+    "m": "✉️ mail sent",
+    "mail": "✉️ mail sent",
+    "c": "📬 mail checked",
+    "check": "📬 mail checked",
+    "checkmail": "📬 mail checked",
+    "log": "📝 log created",
+    "logs": "📋 logs viewed",
+    "report": "📄 report filed",
+    "find": "🔎 search performed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One earlier message of the DM or channel thread: who sent it (a shortname; ignored for
+    the bot's own lines, whose name comes from the config), its words, and whether the bot
+    (the AI) wrote it."""
+
+    sender: str
+    text: str
+    ai: bool = False
+
+
+def thread_context(
+    history: Sequence[Line],
+    message: str,
+    sender: str,
+    channel: bool,
+    bot_name: str,
+    config: BotConfig,
+) -> str:
+    """The `Context:` text the bot sends when `sender` writes `message` after `history`."""
+    log = [*(_logged(line, channel) for line in history), _logged(Line(sender, message), channel)]
+    return _context(log, sender, channel, bot_name, config)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    sender: str  # shortname; "" for the bot's lines
+    text: str  # as the bot logs it
+    ai: bool
+
+
+def _logged(line: Line, channel: bool) -> _Entry:
+    return _Entry("" if line.ai else line.sender, _log_text(line.text, channel), line.ai)
+
+
+def _log_text(text: str, channel: bool) -> str:
+    if text.startswith("/"):
+        words = text.split()
+        return COMMAND_MARKERS.get(words[0][1:].lower(), text) if words else text
+    return text if channel else DM_PLACEHOLDER
+
+
+def _context(
+    log: list[_Entry], sender: str, channel: bool, bot_name: str, config: BotConfig
+) -> str:
+    picked = _dm_thread(log, sender) if not channel else _channel_thread(log, sender)
+    lines = [f"{bot_name if e.ai else e.sender}: {e.text}" for e in picked[-config.max_messages :]]
+    history = "\n".join(lines)
+    if len(history) > config.context_chars:
+        history = history[-config.context_chars :]
+    return history.strip()
+
+
+def _dm_thread(log: list[_Entry], sender: str) -> list[_Entry]:
+    """The sender's DMs, and the bot's replies to them (each reply answers the message
+    before it)."""
+    picked, last_human = [], None
+    for e in log:
+        if e.ai:
+            if last_human is not None and last_human.sender == sender:
+                picked.append(e)
+        else:
+            last_human = e
+            if e.sender == sender:
+                picked.append(e)
+    return picked
+
+
+def _channel_thread(log: list[_Entry], sender: str) -> list[_Entry]:
+    """The thread of the last message: its root (the message itself, or for a command the
+    sender's latest earlier non-command message) and the bot's replies to that root."""
+    roots: list[int | None] = []  # per entry: the root its reply (if any) belongs to
+    for i, e in enumerate(log):
+        roots.append(None if e.ai else _root(log, i))
+    for i, e in enumerate(log):
+        if e.ai:
+            roots[i] = next((roots[j] for j in range(i - 1, -1, -1) if not log[j].ai), None)
+    root = roots[-1]
+    return [e for i, e in enumerate(log) if i == root or (e.ai and roots[i] == root)]
+
+
+def _root(log: list[_Entry], i: int) -> int:
+    e = log[i]
+    if not e.text.strip().startswith("/"):
+        return i
+    for j in range(i - 1, -1, -1):
+        m = log[j]
+        if not m.ai and m.sender == e.sender and not m.text.strip().startswith("/"):
+            return j
+    return i
+
+
+def load_history(path: Path) -> list[Line]:
+    """Earlier messages, JSONL: {"from": "<shortname>", "text": "...", "ai": true|false}."""
+    lines = []
+    for n, raw_line in enumerate(read_text(path).splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            row = json.loads(raw_line)
+        except json.JSONDecodeError as e:
+            raise MeshtuneError(f"{path}:{n}: invalid JSON ({e.msg}); fix the line") from e
+        if not isinstance(row, dict):
+            raise MeshtuneError(f"{path}:{n}: not a JSON object; write one message per line")
+        ai = row.get("ai", False)
+        sender, text = row.get("from"), row.get("text")
+        if not isinstance(ai, bool):
+            raise MeshtuneError(f"{path}:{n}: `ai` must be true or false")
+        if not isinstance(text, str):
+            raise MeshtuneError(f"{path}:{n}: `text` must be a string (the message's words)")
+        if not ai and (not isinstance(sender, str) or not sender.strip()):
+            raise MeshtuneError(f"{path}:{n}: `from` must be the sender's shortname")
+        unknown = set(row) - {"from", "text", "ai"}
+        if unknown:
+            raise MeshtuneError(
+                f"{path}:{n}: unknown key(s) {', '.join(sorted(unknown))}; use from, text, ai"
+            )
+        lines.append(Line(sender or "", text, ai))
+    return lines
