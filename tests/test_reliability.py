@@ -829,6 +829,92 @@ def test_a_bare_channel_slash_ai_suite_item_is_refused_in_eval_as_in_prompt(
     assert f"{suite}:1: {said}" in r.err
 
 
+def test_channel_history_of_40000_ai_lines_is_built_in_linear_time(cli, tmp_path):
+    history = tmp_path / "history.jsonl"
+    senders = ["K7QX", "W1AW", "N0CALL"]
+    history.write_text("".join(
+        json.dumps({"from": senders[i % 3], "text": f"{'' if i % 10 == 0 else '/ai '}q {i}"})
+        + "\n" for i in range(40_000)
+    ))  # fmt: skip
+    start = time.monotonic()
+    r = cli("prompt", "/ai hi", "--channel", "--history", history)
+    seconds = time.monotonic() - start
+    assert r.code == 0, r.err
+    # the thread's root: K7QX's latest message that is not a command
+    assert "Context:\nK7QX: q 39990\n\nQuestion: hi\n" in r.out
+    assert seconds < 5, f"{seconds:.1f} s"  # was 69 s: quadratic in the history's length
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [('{"system_prompt": ' + "[" * 100_000 + "]" * 100_000 + "}",
+      ":1: invalid JSON (arrays or objects nested too deeply)"),
+     ('{\n"ollama_num_ctx": ' + "9" * 5000 + "}",
+      ":2: invalid JSON (a 5,000-digit number, longer than a number can be)"),
+     ('{\n"ai_node_name": "bot",\n"system_prompt": "You help \\ud83d on the mesh."}',
+      ":3: invalid JSON (a lone surrogate \\ud83d is not a character")],
+)  # fmt: skip
+def test_a_config_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is_one_line(
+    cli, tmp_path, text, said
+):
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    r = cli("prompt", "hi", "--mesh-master-config", config)
+    assert one_line_error(r), r.err
+    assert f"{config}{said}" in r.err and "fix the file" in r.err
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [('{"from": "K7QX", "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
+      ":2: invalid JSON (arrays or objects nested too deeply)"),
+     ('{"from": "K7QX", "text": "hi", "ai": ' + "9" * 5000 + "}",
+      ":2: invalid JSON (a 5,000-digit number, longer than a number can be)"),
+     ('{"from": "K7QX", "text": "\\udc00"}', ":2: invalid JSON (a lone surrogate \\udc00")],
+)  # fmt: skip
+def test_a_history_line_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is_one_line(
+    cli, tmp_path, line, said
+):
+    history = tmp_path / "history.jsonl"
+    history.write_text('{"from": "K7QX", "text": "hello"}\n' + line + "\n")
+    r = cli("prompt", "hi", "--history", history)
+    assert one_line_error(r), r.err
+    assert f"{history}{said}" in r.err
+
+
+def test_a_history_line_with_a_raw_u2028_inside_a_string_is_one_message(cli, tmp_path):
+    history = tmp_path / "history.jsonl"
+    line = json.dumps({"from": "K7QX", "text": "first\u2028line"}, ensure_ascii=False)
+    history.write_text(line + "\n", encoding="utf-8")
+    r = cli("prompt", "/ai hi", "--channel", "--history", history)
+    assert r.code == 0, r.err
+    assert "Context:\nK7QX: first\u2028line\n\nQuestion: hi\n" in r.out
+
+
+def test_an_unknown_default_personality_id_is_named_with_the_personas_known(cli, tmp_path, real):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"default_personality_id": "medik"}))
+    r = cli("prompt", "hi", "--mesh-master-config", config)
+    assert one_line_error(r), r.err
+    assert f"{config}: default_personality_id 'medik' names no persona (known: trail)" in r.err
+    assert "pass them with --personas FILE" in r.err
+    r = cli("prompt", "hi", "--mesh-master-config", config,
+            "--personas", real / "mesh-master-personas.json")  # fmt: skip
+    assert one_line_error(r), r.err
+    assert "default_personality_id 'medik' names no persona (known: trail, " in r.err
+    assert "the bot falls back to 'trail'; fix the id" in r.err
+
+
+def test_personas_beside_a_config_with_its_own_ai_personalities_is_refused(cli, tmp_path, real):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ai_personalities": [{"id": "ops", "prompt": "Be brief."}]}))
+    personas = real / "mesh-master-personas.json"
+    r = cli("prompt", "hi", "--mesh-master-config", config, "--personas", personas)
+    assert one_line_error(r), r.err
+    assert f"--personas {personas}: has no effect, {config} lists its own ai_personalities" in r.err
+    assert cli("prompt", "hi", "--mesh-master-config", config).code == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The error boundary and signals
 
