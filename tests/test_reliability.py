@@ -915,6 +915,54 @@ def test_personas_beside_a_config_with_its_own_ai_personalities_is_refused(cli, 
     assert cli("prompt", "hi", "--mesh-master-config", config).code == 0
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [({"gguf": 5}, "export.json: `gguf` is 5, not a string"),
+     ({"verified": "yes"}, 'export.json: `verified` is "yes", not a boolean'),
+     ({"quant": "Q2_K"}, "export.json: `quant` 'Q2_K' is not a type meshtune exports")],
+)  # fmt: skip
+def test_export_json_with_gguf_5_or_quant_q2_k_is_a_one_line_error_naming_the_key(
+    cli, tmp_path, change, said
+):
+    from tests.tiny import write_summary
+
+    run = tmp_path / "run"
+    write_summary(run, "smollm2-135m")
+    info = {"run": str(run), "name": "m", "quant": "Q8_0", "gguf": "m-Q8_0.gguf", "verified": True}
+    (run / "export.json").write_text(json.dumps({**info, **change}))
+    r = cli("verify", run)
+    assert one_line_error(r), r.err
+    assert f"{run}/{said}" in r.err and "meshtune export" in r.err
+
+
+def test_plan_with_val_set_size_100_on_20_rows_names_val_set_size(cli, tmp_path):
+    rows = rows_file(tmp_path, [chat(f"question {i}?", f"answer {i}.") for i in range(20)])
+    recipe = write_recipe(tmp_path, f"datasets: [{{path: {rows}}}]\nval_set_size: 100\n")
+    r = cli("plan", recipe)
+    assert one_line_error(r), r.err
+    assert "val_set_size 100: the datasets hold only 20 conversations" in r.err
+    assert "eval fraction" not in r.err
+
+
+def test_a_data_row_nested_100000_deep_is_an_invalid_json_finding_not_unexpected(cli, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = rows_file(tmp_path, [chat("hi?", "hello."), '{"conversations": ' + deep + "}"])
+    r = cli("data", "check", path)
+    assert r.code == 1 and "unexpected" not in r.err, r.err
+    assert f"{path.name}:2: E101 invalid JSON (arrays or objects nested too deeply" in r.out
+
+
+def test_a_system_prompt_argument_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    """Bytes that are not UTF-8 reach Python as a lone surrogate (here in --system)."""
+    system = os.fsdecode(b"be brief \xff")
+    proc = _meshtune(
+        "eval", "bot", "--backend", "openai", "--system", system, "--out", tmp_path / "o"
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert "error: argument 'be brief \ufffd': character 10 is not UTF-8 text" in err
+
+
 # ---------------------------------------------------------------------------------------------
 # The error boundary and signals
 

@@ -753,6 +753,7 @@ def main() -> None:
     _interrupt_note = lambda: "nothing was written"  # noqa: E731
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _check_text_arguments(sys.argv[1:])
         app()
     except MeshtuneError as e:
         if debug:
@@ -779,6 +780,20 @@ def main() -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _check_text_arguments(args: list[str]) -> None:
+    """Every argument is UTF-8 text: other bytes reach Python as lone surrogates, which no
+    prompt, report or request can hold."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise MeshtuneError(
+                f"argument {shown!r}: character {e.start + 1} is not UTF-8 text; type it again in "
+                "UTF-8 (or rename the file)"
+            ) from e
 
 
 def _one_line(text: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
 from meshtune.files import atomic
@@ -219,7 +220,7 @@ def _refuse_json_document(data: bytes, path: Path) -> None:
     if not head.startswith((b"[", b"{")) or b"\n" not in head.strip():
         return
     try:
-        doc = json.loads(head)
+        doc = jsontext.loads(head.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return  # JSONL (or damaged lines): read line by line
     what = f"one JSON array of {len(doc)} items" if isinstance(doc, list) else "one JSON object"
@@ -245,7 +246,7 @@ def parse_row(
         return Issue(code, path, line, message, fix)
 
     try:
-        row = json.loads(text)
+        row = jsontext.loads(text)
     except json.JSONDecodeError as e:
         return None, [
             issue(
