@@ -616,6 +616,40 @@ def test_fake_openai_closing_the_connection_without_answering_says_so(cli, tmp_p
     assert "the server closed the connection without answering" in r.err
 
 
+def test_fake_openai_body_cut_off_without_a_length_says_cut_off_not_not_json(cli, tmp_path):
+    def cut(h):
+        _headers(h)  # no Content-Length: the body ends when the connection closes
+        h.wfile.write(b'{"choices": [{"message": {"content": "Hel')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", cut)
+    assert one_line_error(r), r.err
+    assert "the reply is cut off after 41 bytes" in r.err and "closed mid-reply" in r.err
+
+
+def test_fake_ollama_stream_cut_mid_line_says_cut_off(cli, tmp_path):
+    def cut(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(_ollama_chunk("Hi") + b'{"response": " th')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", cut)
+    assert one_line_error(r), r.err
+    assert "the reply is cut off after 17 bytes" in r.err
+
+
+def test_fake_openai_answering_with_an_endless_body_stops_at_16_mib(cli, tmp_path):
+    def endless(h):
+        _headers(h)
+        h.wfile.write(b'{"choices": [{"message": {"content": "')
+        while True:
+            h.wfile.write(b"a" * 65536)
+
+    r, _ = _eval_against(cli, tmp_path, "openai", endless)
+    assert one_line_error(r), r.err
+    assert "the reply is over 16 MiB, not a chat reply" in r.err
+
+
 def _json_answer(reply):
     def answer(h):
         body = json.dumps(reply).encode()

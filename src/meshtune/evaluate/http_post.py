@@ -19,6 +19,7 @@ from meshtune.errors import MeshtuneError
 
 TIMEOUT_S = 120.0  # Mesh Master's ollama_timeout: how long the bot waits for an answer
 TOTAL_FACTOR = 4  # a whole reply gets this many timeouts (the longest capped reply fits)
+MAX_BYTES = 16 << 20  # a reply, or a line of a stream: far beyond any chat reply
 _RAISE = "raise --timeout if the server is only slow"
 
 
@@ -44,6 +45,8 @@ class Answer:
         chunks = []
         while chunk := self._read(65536):
             chunks.append(chunk)
+            if self.received > MAX_BYTES:
+                raise self._too_big("the reply")
         length = self.resp.getheader("Content-Length")
         if length is not None and length.isdigit() and self.received < int(length):
             raise self._closed_mid_reply(f"{self.received} of {length} bytes")
@@ -51,8 +54,10 @@ class Answer:
 
     def lines(self) -> Iterator[bytes]:
         """The body line by line (a stream of JSON chunks)."""
-        while line := self._guard(self.resp.readline, "stalled"):
+        while line := self._guard(lambda: self.resp.readline(MAX_BYTES + 1), "stalled"):
             self.received += len(line)
+            if len(line) > MAX_BYTES:
+                raise self._too_big("a line of the stream")
             yield line
 
     def close(self) -> None:
@@ -91,10 +96,12 @@ class Answer:
                 f"{self.url}: the reply stalled: nothing for {self.timeout:g} s after "
                 f"{self.received} bytes; check the server ({_RAISE})"
             ) from e
-        except http.client.RemoteDisconnected as e:
-            raise MeshtuneError(
-                f"{self.url}: the server closed the connection without answering; check its log"
-            ) from e
+        except (http.client.RemoteDisconnected, ConnectionResetError) as e:
+            if waiting_for == "no answer":
+                raise MeshtuneError(
+                    f"{self.url}: the server closed the connection without answering; check its log"
+                ) from e
+            raise self._closed_mid_reply(f"after {self.received} bytes") from e
         except http.client.IncompleteRead as e:
             raise self._closed_mid_reply(f"after {self.received} bytes") from e
         except (http.client.HTTPException, ConnectionError) as e:
@@ -107,6 +114,12 @@ class Answer:
         return MeshtuneError(
             f"{self.url}: the server closed the connection mid-reply ({how_much}); check its "
             "log and retry"
+        )
+
+    def _too_big(self, what: str) -> MeshtuneError:
+        return MeshtuneError(
+            f"{self.url}: {what} is over {MAX_BYTES >> 20} MiB, not a chat reply; check --url "
+            "points at the model server"
         )
 
     def _too_long(self) -> MeshtuneError:
@@ -127,6 +140,10 @@ def _send(url: str, data: bytes, headers: dict[str, str], timeout: float) -> Any
         conn.request("POST", path, data, {"Content-Type": "application/json", **headers})
     except socket.gaierror as e:
         raise MeshtuneError(f"{url}: unknown host ({e.strerror}); check --url") from e
+    except (ConnectionResetError, BrokenPipeError) as e:
+        raise MeshtuneError(
+            f"{url}: the server closed the connection while the request was sent; check its log"
+        ) from e
     except ConnectionRefusedError as e:
         raise MeshtuneError(
             f"{url}: nothing is listening there (connection refused); start the server or fix --url"
@@ -147,6 +164,13 @@ def json_object(raw: bytes, url: str) -> dict[str, Any]:
     try:
         out = json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, a huge integer
+        text = raw.strip()
+        if text.startswith(b"{") and not text.endswith(b"}"):
+            raise MeshtuneError(
+                f"{url}: the reply is cut off after {len(raw)} bytes (it ends "
+                f"{text[-40:].decode(errors='replace')!r}); the server closed mid-reply: check "
+                "its log and retry"
+            ) from e
         start = " ".join(raw[:80].decode(errors="replace").split())
         raise MeshtuneError(
             f"{url}: the server did not answer with JSON (it sent {start!r}); check --url "
