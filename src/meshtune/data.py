@@ -23,6 +23,7 @@ from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
 from meshtune.files import atomic
+from meshtune.jsontext import type_name
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
 MAX_LINE_BYTES = 1_000_000
@@ -259,7 +260,7 @@ def parse_row(
         return None, [
             issue(
                 "E102",
-                f"row is a JSON {_json_type(row)}, not an object",
+                f"row is a JSON {type_name(row)}, not an object",
                 'wrap it as {"conversations": [...]} or {"messages": [...]}',
             )
         ]
@@ -335,7 +336,7 @@ def _messages(
             issues.append(
                 issue(
                     "E105",
-                    f'turn {n} ({role}) "{content_key}" is a {_json_type(content)}, not a string',
+                    f'turn {n} ({role}) "{content_key}" is a {type_name(content)}, not a string',
                     "make the content a string",
                 )
             )
@@ -389,18 +390,6 @@ def _check_order(messages: Sequence[Message], issue: Any) -> list[Issue]:
             )
         )
     return issues
-
-
-def _json_type(value: object) -> str:
-    return {
-        list: "list",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        type(None): "null",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- lint: the guide's rules

@@ -58,6 +58,16 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+# Python's types as JSON names them, for errors that say what a value is
+TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list",
+              dict: "object", type(None): "null"}  # fmt: skip
+
+
+def type_name(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    return TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 def lines(text: str) -> Iterator[tuple[int, str]]:
     """(line number, line) of a JSONL text, split on "\\n" only (a "\\r" before it dropped)."""
     for n, line in enumerate(text.split("\n"), start=1):

@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import yaml
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_json, write_json
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT
@@ -183,8 +184,7 @@ def _is_a(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    names = {str: "string", int: "whole number", float: "number", bool: "boolean", list: "list",
-             dict: "object", type(None): "null"}  # fmt: skip
+    names = {**jsontext.TYPE_NAMES, int: "whole number"}
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     return " or ".join(names.get(typing.get_origin(h) or h, str(h)) for h in options)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshtune import models, rundir
+from meshtune import jsontext, models, rundir
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.http_post import TIMEOUT_S, Answer, json_object
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
@@ -508,10 +508,6 @@ def check_url(url: str) -> str:
     return url
 
 
-_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list",
-               dict: "object", type(None): "null"}  # fmt: skip
-
-
 def reply_field(reply: dict[str, Any], path: str, kind: type, url: str, api: str) -> Any:
     """A server reply's value at a dotted path ("choices.0.message.content"), which must be a
     `kind` (an int for float); absent or null is None. Anything else is an error naming the
@@ -527,10 +523,10 @@ def reply_field(reply: dict[str, Any], path: str, kind: type, url: str, api: str
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     if value is None or ok or (kind is float and type(value) is int):
         return value
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
     raise MeshtuneError(
-        f"{url}: the reply's `{path}` is a {got} ({json.dumps(value)[:60]}), not a "
-        f"{_JSON_TYPES[kind]}; the server does not answer as {api} does: check --url and --backend"
+        f"{url}: the reply's `{path}` is a {jsontext.type_name(value)} "
+        f"({json.dumps(value)[:60]}), not a {jsontext.TYPE_NAMES[kind]}; the server does not "
+        f"answer as {api} does: check --url and --backend"
     )
 
 
