@@ -771,8 +771,8 @@ def test_compare_reads_a_report_holding_a_reply_with_a_raw_u2028(cli, tmp_path):
 
 @pytest.mark.parametrize(
     ("damage", "said"),
-    [("[]", "summary.json: not a JSON object"),
-     ("{", "summary.json: not valid JSON (Expecting property name"),
+    [("[]", "summary.json: not a JSON object (a list)"),
+     ("{", "summary.json: invalid JSON (Expecting property name"),
      ('{"suite": "quick"}', "summary.json: `profile`: Field required"),
      ("chars", "summary.json: `chars.p50`: Input should be a valid number")],
 )  # fmt: skip
@@ -903,7 +903,7 @@ def test_a_config_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is
     [('{"from": "K7QX", "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
       ":2: invalid JSON (arrays or objects nested too deeply)"),
      ('{"from": "K7QX", "text": "hi", "ai": ' + "9" * 5000 + "}",
-      ":2: invalid JSON (a 5,000-digit number, longer than a number can be)"),
+      ":2: invalid JSON (a 5,000-digit number, longer than a number can be at column 38)"),
      ('{"from": "K7QX", "text": "\\udc00"}', ":2: invalid JSON (a lone surrogate \\udc00")],
 )  # fmt: skip
 def test_a_history_line_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is_one_line(

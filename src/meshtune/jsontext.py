@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from meshtune.errors import MeshtuneError
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _LONG_NUMBER = re.compile(r"\d{4301,}")  # Python's int_max_str_digits, 4300
 
@@ -39,6 +41,18 @@ def loads(text: str) -> Any:
             text,
             match.start(),
         )
+    return value
+
+
+def load_object(text: str, where: str, fix: str) -> dict[str, Any]:
+    """One JSON object (a JSONL line, a record); anything else is `where: what; fix`."""
+    try:
+        value = loads(text)
+    except json.JSONDecodeError as e:
+        at = f" at column {e.colno}" if e.pos else ""
+        raise MeshtuneError(f"{where}: invalid JSON ({e.msg}{at}); {fix}") from e
+    if not isinstance(value, dict):
+        raise MeshtuneError(f"{where}: not a JSON object (a {type_name(value)}); {fix}")
     return value
 
 

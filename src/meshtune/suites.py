@@ -16,7 +16,6 @@ Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/
 `mesh` (the repository's data/eval/mesh_eval.jsonl).
 """
 
-import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -202,12 +201,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def parse_item(line: str, where: str) -> Item:
-    try:
-        raw = jsontext.loads(line)
-    except json.JSONDecodeError as e:
-        raise MeshtuneError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix it") from e
-    if not isinstance(raw, dict):
-        raise MeshtuneError(f"{where}: not a JSON object; write one object per line")
+    raw = jsontext.load_object(line, where, "write one JSON object per line")
     try:
         return Item.model_validate(raw)
     except ValidationError as e:

@@ -9,7 +9,6 @@ A suite (suite.py) is turned into requests by a profile (profiles.py), sent thro
 (gate.py), and report.py writes report.md, report.html, replies.jsonl and summary.json.
 """
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -299,12 +298,7 @@ def load_result(folder: str | Path) -> EvalResult:
 def _report_record(kind: type[BaseModel], path: Path, line: int, text: str, fix: str) -> dict:
     """One JSON object of a report file, checked to hold what is read from it (kept whole)."""
     where = f"{path}:{line}" if line else str(path)
-    try:
-        raw = jsontext.loads(text)
-    except json.JSONDecodeError as e:
-        raise MeshtuneError(f"{where}: not valid JSON ({e.msg}); {fix}") from e
-    if not isinstance(raw, dict):
-        raise MeshtuneError(f"{where}: not a JSON object; {fix}")
+    raw = jsontext.load_object(text, where, fix)
     try:
         kind.model_validate(raw)
     except ValidationError as e:

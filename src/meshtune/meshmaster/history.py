@@ -1,7 +1,6 @@
 """The bot's message log and the `Context:` it builds from it: which earlier lines of a DM or
 channel thread the model sees, and how each was logged."""
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +118,7 @@ def load_history(path: Path) -> list[Line]:
     for n, raw_line in jsontext.lines(read_text(path)):
         if not raw_line.strip():
             continue
-        try:
-            row = jsontext.loads(raw_line)
-        except json.JSONDecodeError as e:
-            raise MeshtuneError(f"{path}:{n}: invalid JSON ({e.msg}); fix the line") from e
-        if not isinstance(row, dict):
-            raise MeshtuneError(f"{path}:{n}: not a JSON object; write one message per line")
+        row = jsontext.load_object(raw_line, f"{path}:{n}", "write one message per line")
         ai = row.get("ai", False)
         sender, text = row.get("from"), row.get("text")
         if not isinstance(ai, bool):
