@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from meshtune import data as data_mod
-from meshtune.commands import load_registry
+from meshtune.commands import Registry, load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
 from meshtune.rundir import PipelineResult, RunDir, TrainSummary
@@ -359,9 +359,17 @@ def eval_cmd(
     mesh_master_config: MeshConfigOpt = None,
     personas: PersonasOpt = None,
     persona: PersonaOpt = None,
+    replies: Annotated[
+        Path | None,
+        typer.Option(
+            help='Score given replies instead of a model: JSONL, one {"item": ID, "reply": '
+            "TEXT} a line (a report's replies.jsonl works too)."
+        ),
+    ] = None,
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
-    (exit 1), with the failing criteria and example replies."""
+    (exit 1), with the failing criteria and example replies. With --replies, the same checks
+    and gate score replies written elsewhere, with no model."""
     from meshtune.evaluate.backends import capped_threads, check_url
     from meshtune.meshmaster import load_config
 
@@ -394,6 +402,8 @@ def eval_cmd(
         bot=load_config(mesh_master_config, personas),
         persona=persona,
     )
+    if replies is not None:
+        _eval_replies(replies, model, compare, suite, out, gate, opts["registry"])
     if compare:
         _eval_compare(*compare, suite, profile, out, opts)
     if model is None:
@@ -405,6 +415,28 @@ def eval_cmd(
         result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
     from meshtune.evaluate.report import render_verdict
 
+    typer.echo(render_verdict(result))
+    typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
+    raise typer.Exit(0 if result.ready else 1)
+
+
+def _eval_replies(
+    replies: Path,
+    model: str | None,
+    compare: tuple[str, str] | None,
+    suite: str,
+    out: Path | None,
+    gate: Path | None,
+    registry: Registry,
+) -> None:
+    """`eval --replies FILE`: the given replies judged like a model's; exit 0 if READY."""
+    from meshtune import evaluate as ev
+    from meshtune.evaluate.report import render_verdict
+
+    if model is not None or compare:
+        raise MeshtuneError("--replies scores a file's replies: give no MODEL and no --compare")
+    folder = out or Path("out/eval") / _slug(f"{replies.stem}-{Path(suite).stem}-replies")
+    result = ev.score_replies(replies, suite, out=folder, gate=gate, registry=registry)
     typer.echo(render_verdict(result))
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)
