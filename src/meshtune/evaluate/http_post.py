@@ -32,7 +32,11 @@ class Answer:
         self.received = 0
         conn = _send(url, json.dumps(body).encode(), headers, timeout)
         self.sock = conn.sock  # the response keeps it after the connection hands it over
-        self.resp = self._guard(conn.getresponse, "no answer")
+        try:
+            self.resp = self._guard(conn.getresponse, "no answer")
+        except BaseException:
+            conn.close()
+            raise
         if self.resp.status >= 400:
             detail = " ".join(self._read(200).decode(errors="replace").split())
             self.resp.close()
