@@ -6,12 +6,14 @@ on loopback, real signals. The property tests at the end throw random recipes, `
 and bytes at the commands: the only outcomes allowed are success or one line with exit 2.
 """
 
+import contextlib
 import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -479,6 +481,521 @@ def test_eval_out_that_is_a_file_is_refused_before_evaluating(cli, tmp_path):
         server.close()
     assert one_line_error(r) and "is a file, not a folder" in r.err, r.err
     assert server.requests == 0 and taken.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 22 (items 4-6): bounded waits, no "unexpected" errors, verdicts that say when they do not
+# apply. The servers are real HTTP servers on loopback that misbehave on purpose; the ones that
+# stand in for Ollama or an OpenAI server are named fake_ollama / fake_openai.
+
+
+class _Misbehaving:
+    """A real HTTP server on loopback whose every POST is answered by `answer(handler)`, which
+    writes whatever bytes it likes (or nothing) to `handler.wfile`."""
+
+    def __init__(self, answer):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    answer(self)  # (the client may give up first, as it should)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _headers(h, content_type="application/json", length=None):
+    h.send_response(200)
+    h.send_header("Content-Type", content_type)
+    if length is not None:
+        h.send_header("Content-Length", str(length))
+    else:
+        h.send_header("Connection", "close")
+    h.end_headers()
+    h.wfile.flush()
+
+
+def _eval_against(cli, tmp_path, backend, answer, *extra):
+    """`meshtune eval` of a served model against a misbehaving server; (result, seconds)."""
+    server = _Misbehaving(answer)
+    start = time.monotonic()
+    try:
+        r = cli("eval", "bot", "--backend", backend, "--url", server.url, "--suite", "quick",
+                "--timeout", "0.5", "--out", tmp_path / "report", *extra)  # fmt: skip
+    finally:
+        seconds = time.monotonic() - start
+        server.close()
+    assert not (tmp_path / "report").exists()
+    return r, seconds
+
+
+def _ollama_chunk(text, done=False):
+    return json.dumps({"response": text, "done": done}).encode() + b"\n"
+
+
+def test_fake_ollama_streaming_forever_without_done_ends_with_a_clear_error(cli, tmp_path):
+    def forever(h):
+        _headers(h, "application/x-ndjson")
+        while True:
+            h.wfile.write(_ollama_chunk("more "))
+            h.wfile.flush()
+            time.sleep(0.05)
+
+    r, seconds = _eval_against(cli, tmp_path, "ollama", forever)
+    assert one_line_error(r), r.err
+    assert "/api/generate: the reply was still coming after 2 s" in r.err
+    assert "the server does not end its reply" in r.err and seconds < 10
+
+
+def test_fake_ollama_closing_its_stream_without_done_says_so(cli, tmp_path):
+    def cut(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(_ollama_chunk("Hi") + _ollama_chunk(" there"))
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", cut)
+    assert one_line_error(r), r.err
+    assert "the stream ended without a `done` chunk after 2 chunks" in r.err
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai"])
+def test_fake_server_that_accepts_and_never_answers_says_no_answer_not_cannot_connect(
+    cli, tmp_path, backend
+):
+    r, seconds = _eval_against(cli, tmp_path, backend, lambda h: time.sleep(5))
+    assert one_line_error(r), r.err
+    assert "the server took the request but sent no answer within 0.5 s" in r.err
+    assert "cannot connect" not in r.err and seconds < 4
+
+
+@pytest.mark.parametrize(
+    ("backend", "start"), [("ollama", _ollama_chunk("Hi")), ("openai", b'{"choi')]
+)
+def test_fake_server_whose_body_stalls_after_the_headers_says_stalled(
+    cli, tmp_path, backend, start
+):
+    def stall(h):
+        _headers(h, length=500)
+        h.wfile.write(start)
+        h.wfile.flush()
+        time.sleep(5)
+
+    r, seconds = _eval_against(cli, tmp_path, backend, stall)
+    assert one_line_error(r), r.err
+    assert f"the reply stalled: nothing for 0.5 s after {len(start)} bytes" in r.err
+    assert seconds < 4
+
+
+def test_fake_openai_with_a_truncated_body_says_the_server_closed_mid_reply(cli, tmp_path):
+    def truncated(h):
+        _headers(h, length=300)
+        h.wfile.write(b'{"choices": [{"message": {"content": "Hel')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", truncated)
+    assert one_line_error(r), r.err
+    assert "the server closed the connection mid-reply (41 of 300 bytes)" in r.err
+
+
+def test_fake_openai_closing_the_connection_without_answering_says_so(cli, tmp_path):
+    def hang_up(h):
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", hang_up)
+    assert one_line_error(r), r.err
+    assert "the server closed the connection without answering" in r.err
+
+
+def test_fake_openai_body_cut_off_without_a_length_says_cut_off_not_not_json(cli, tmp_path):
+    def cut(h):
+        _headers(h)  # no Content-Length: the body ends when the connection closes
+        h.wfile.write(b'{"choices": [{"message": {"content": "Hel')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "openai", cut)
+    assert one_line_error(r), r.err
+    assert "the reply is cut off after 41 bytes" in r.err and "closed mid-reply" in r.err
+
+
+def test_fake_ollama_stream_cut_mid_line_says_cut_off(cli, tmp_path):
+    def cut(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(_ollama_chunk("Hi") + b'{"response": " th')
+        h.close_connection = True
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", cut)
+    assert one_line_error(r), r.err
+    assert "the reply is cut off after 17 bytes" in r.err
+
+
+def test_fake_openai_answering_with_an_endless_body_stops_at_16_mib(cli, tmp_path):
+    def endless(h):
+        _headers(h)
+        h.wfile.write(b'{"choices": [{"message": {"content": "')
+        while True:
+            h.wfile.write(b"a" * 65536)
+
+    r, _ = _eval_against(cli, tmp_path, "openai", endless)
+    assert one_line_error(r), r.err
+    assert "the reply is over 16 MiB, not a chat reply" in r.err
+
+
+def _json_answer(reply):
+    def answer(h):
+        body = json.dumps(reply).encode()
+        _headers(h, length=len(body))
+        h.wfile.write(body)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"), [(42, "a number (42)"), ([{"type": "text", "text": "hi"}], "a list ([{")]
+)
+def test_fake_openai_reply_with_content_a_number_or_a_list_names_the_field(
+    cli, tmp_path, content, kind
+):
+    reply = {"choices": [{"message": {"content": content}, "finish_reason": "stop"}]}
+    r, _ = _eval_against(cli, tmp_path, "openai", _json_answer(reply))
+    assert one_line_error(r), r.err
+    assert f"the reply's `choices.0.message.content` is {kind}" in r.err
+    assert "not a string; the server does not answer as the OpenAI API does" in r.err
+
+
+def test_fake_openai_reply_without_choices_names_the_field(cli, tmp_path):
+    r, _ = _eval_against(cli, tmp_path, "openai", _json_answer({"choices": []}))
+    assert one_line_error(r) and "the reply has no `choices[0]`" in r.err, r.err
+
+
+def test_fake_ollama_reply_with_response_42_names_the_field(cli, tmp_path):
+    def answer(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(json.dumps({"response": 42, "done": True}).encode() + b"\n")
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", answer)
+    assert one_line_error(r), r.err
+    assert "the reply's `response` is a number (42), not a string" in r.err
+    assert "does not answer as Ollama does" in r.err
+
+
+def test_fake_ollama_reply_with_a_5000_digit_integer_is_not_json_not_unexpected(cli, tmp_path):
+    def answer(h):
+        _headers(h, "application/x-ndjson")
+        h.wfile.write(b'{"response": "hi", "eval_count": ' + b"9" * 5000 + b', "done": true}\n')
+
+    r, _ = _eval_against(cli, tmp_path, "ollama", answer)
+    assert one_line_error(r) and "the server did not answer with JSON" in r.err, r.err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:11434/a b", "http://local host:11434"])
+def test_a_url_with_a_space_is_refused_before_any_request(cli, tmp_path, url):
+    r = cli("eval", "bot", "--backend", "ollama", "--url", url, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"--url {url!r}: contains a space or control character" in r.err
+
+
+def test_a_url_where_nothing_listens_says_connection_refused(cli, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli("eval", "bot", "--backend", "ollama", "--url", f"http://127.0.0.1:{port}",
+            "--suite", "quick", "--out", tmp_path / "o")  # fmt: skip
+    assert one_line_error(r), r.err
+    assert "nothing is listening there (connection refused); start the server" in r.err
+
+
+def test_chat_with_ollama_num_ctx_128000_uses_the_models_context_and_says_so(tmp_path):
+    """Ollama clamps num_ctx to the model's trained context (8192 for the embedded model);
+    chat does too, instead of allocating a 256,000-token context."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ollama_num_ctx": 128000}))
+    proc = _meshtune("chat", "smollm2-135m", "--mesh-master-config", config, stdin=subprocess.PIPE)
+    proc.stdin.write("/quit\n")
+    proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    assert (
+        f"warning: ollama_num_ctx 128000 in {config} is more than smollm2-135m's context "
+        "(8192 tokens); Ollama uses 8192 and so does chat" in " ".join(out.split())
+    )
+    assert "num_ctx 8192" in out
+    assert usage.ru_maxrss < 1_500_000, f"{usage.ru_maxrss} KiB"  # was 6 GB
+
+
+def test_eval_threads_64_is_capped_at_the_machines_cpus_with_a_warning(cli, tmp_path):
+    reply = {"choices": [{"message": {"content": "Use /help."}, "finish_reason": "stop"}]}
+    server = _Misbehaving(_json_answer(reply))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--threads", "64", "--out", tmp_path / "report")  # fmt: skip
+    finally:
+        server.close()
+    cpus = len(os.sched_getaffinity(0))
+    assert r.code in (0, 1), r.err
+    assert f"warning: --threads 64: this machine runs {cpus} CPU threads; using {cpus}" in r.err
+
+
+def _report(cli, tmp_path, name, reply_text):
+    """A real report folder: `meshtune eval` of a served model whose every reply is
+    `reply_text` (a fake_openai server)."""
+    reply = {"choices": [{"message": {"content": reply_text}, "finish_reason": "stop"}]}
+    server = _Misbehaving(_json_answer(reply))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--out", tmp_path / name)  # fmt: skip
+    finally:
+        server.close()
+    assert r.code in (0, 1), r.err
+    return tmp_path / name
+
+
+def test_compare_reads_a_report_holding_a_reply_with_a_raw_u2028(cli, tmp_path):
+    a = _report(cli, tmp_path, "a", "Use /help\u2028for the commands.")
+    b = _report(cli, tmp_path, "b", "DM alice\u0085with /relay.")
+    assert "\u2028" in (a / "replies.jsonl").read_text()  # written raw, valid JSON
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert r.code in (0, 1) and "wrote" in r.out, r.err
+    assert (tmp_path / "cmp" / "compare.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [("[]", "summary.json: not a JSON object (a list)"),
+     ("{", "summary.json: invalid JSON (Expecting property name"),
+     ('{"suite": "quick"}', "summary.json: `profile`: Field required"),
+     ("chars", "summary.json: `chars.p50`: Input should be a valid number")],
+)  # fmt: skip
+def test_compare_on_a_damaged_summary_json_names_the_file_and_the_field(
+    cli, tmp_path, damage, said
+):
+    a = _report(cli, tmp_path, "a", "Use /help.")
+    b = _report(cli, tmp_path, "b", "Use /help.")
+    if damage == "chars":
+        summary = json.loads((b / "summary.json").read_text())
+        damage = json.dumps({**summary, "chars": {"p50": "x", "p90": 1}})
+    (b / "summary.json").write_text(damage)
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert one_line_error(r), r.err
+    assert f"{b}/{said}" in r.err and "re-run `meshtune eval` with --out" in r.err
+
+
+def test_compare_on_a_damaged_replies_line_names_the_line(cli, tmp_path):
+    a = _report(cli, tmp_path, "a", "Use /help.")
+    b = _report(cli, tmp_path, "b", "Use /help.")
+    lines = (b / "replies.jsonl").read_text().split("\n")
+    lines[2] = json.dumps({**json.loads(lines[2]), "passed": "maybe"})
+    (b / "replies.jsonl").write_text("\n".join(lines))
+    r = cli("eval", "--compare", a, b, "--suite", "quick", "--out", tmp_path / "cmp")
+    assert one_line_error(r), r.err
+    assert f"{b}/replies.jsonl:3: `passed`: Input should be a valid boolean" in r.err
+
+
+def _suite(tmp_path, *lines):
+    path = tmp_path / "suite.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_a_suite_line_with_a_raw_u2028_inside_a_string_is_valid_json(tmp_path):
+    from meshtune.suites import load_suite
+
+    line = json.dumps({"id": "a", "prompt": "hi\u2028there\u0085you"}, ensure_ascii=False)
+    suite = load_suite(str(_suite(tmp_path, line, '{"id": "b", "prompt": "next"}')))
+    assert [i.prompt for i in suite.items] == ["hi\u2028there\u0085you", "next"]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("[" * 100_000 + "]" * 100_000, "arrays or objects nested too deeply"),
+     ("9" * 5000, "a 5,000-digit number, longer than a number can be")],
+)  # fmt: skip
+def test_a_suite_line_nested_100000_deep_or_with_a_5000_digit_integer_is_a_one_line_error(
+    cli, tmp_path, value, said
+):
+    suite = _suite(tmp_path, '{"id": "a", "prompt": "hi"}', f'{{"id": "b", "prompt": {value}}}')
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:2: invalid JSON ({said}" in r.err
+
+
+def test_a_suite_line_with_a_lone_surrogate_is_a_one_line_error(cli, tmp_path):
+    suite = _suite(tmp_path, '{"id": "a", "prompt": "hi \\ud800 there"}')
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:1: invalid JSON (a lone surrogate \\ud800 is not a character" in r.err
+
+
+def test_a_channel_suite_item_written_slash_ai_hi_is_sent_once_as_the_bot_sends_it(tmp_path):
+    from meshtune.evaluate.profiles import build_request, get_profile
+    from meshtune.meshmaster import build_prompt
+    from meshtune.suites import load_suite
+
+    line = json.dumps({"id": "a", "prompt": "/ai how do I relay?", "channel": True})
+    (item,) = load_suite(str(_suite(tmp_path, line))).items
+    assert item.prompt == "how do I relay?"
+    request = build_request(item, get_profile("meshmaster"), "S")
+    bot = build_prompt("/ai how do I relay?", channel=True)
+    assert request.messages[-1]["content"] == bot and "/ai /ai" not in bot
+
+
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [("/ai", "'/ai' has no question: on a channel the bot answers it with help text"),
+     ("/data hi", "'/data': a channel item is sent as /ai QUESTION; write the question alone")],
+)  # fmt: skip
+def test_a_bare_channel_slash_ai_suite_item_is_refused_in_eval_as_in_prompt(
+    cli, tmp_path, prompt, said
+):
+    suite = _suite(tmp_path, json.dumps({"id": "a", "prompt": prompt, "channel": True}))
+    r = cli("eval", "smollm2-135m", "--suite", suite, "--out", tmp_path / "o")
+    assert one_line_error(r), r.err
+    assert f"{suite}:1: {said}" in r.err
+
+
+def test_channel_history_of_40000_ai_lines_is_built_in_linear_time(cli, tmp_path):
+    history = tmp_path / "history.jsonl"
+    senders = ["K7QX", "W1AW", "N0CALL"]
+    # one plain message, then 40,000 /ai commands: each command's thread root is that message
+    history.write_text(json.dumps({"from": "K7QX", "text": "q 0"}) + "\n" + "".join(
+        json.dumps({"from": senders[i % 3], "text": f"/ai q {i}"}) + "\n"
+        for i in range(1, 40_001)
+    ))  # fmt: skip
+    start = time.monotonic()
+    r = cli("prompt", "/ai hi", "--channel", "--history", history)
+    seconds = time.monotonic() - start
+    assert r.code == 0, r.err
+    # the thread's root: K7QX's latest message that is not a command
+    assert "Context:\nK7QX: q 0\n\nQuestion: hi\n" in r.out
+    assert seconds < 5, f"{seconds:.1f} s"  # was 69 s: quadratic in the history's length
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [('{"system_prompt": ' + "[" * 100_000 + "]" * 100_000 + "}",
+      ":1: invalid JSON (arrays or objects nested too deeply)"),
+     ('{\n"ollama_num_ctx": ' + "9" * 5000 + "}",
+      ":2: invalid JSON (a 5,000-digit number, longer than a number can be)"),
+     ('{\n"ai_node_name": "bot",\n"system_prompt": "You help \\ud83d on the mesh."}',
+      ":3: invalid JSON (a lone surrogate \\ud83d is not a character")],
+)  # fmt: skip
+def test_a_config_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is_one_line(
+    cli, tmp_path, text, said
+):
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    r = cli("prompt", "hi", "--mesh-master-config", config)
+    assert one_line_error(r), r.err
+    assert f"{config}{said}" in r.err and "fix the file" in r.err
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [('{"from": "K7QX", "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
+      ":2: invalid JSON (arrays or objects nested too deeply)"),
+     ('{"from": "K7QX", "text": "hi", "ai": ' + "9" * 5000 + "}",
+      ":2: invalid JSON (a 5,000-digit number, longer than a number can be at column 38)"),
+     ('{"from": "K7QX", "text": "\\udc00"}', ":2: invalid JSON (a lone surrogate \\udc00")],
+)  # fmt: skip
+def test_a_history_line_nested_100000_deep_a_5000_digit_integer_or_a_lone_surrogate_is_one_line(
+    cli, tmp_path, line, said
+):
+    history = tmp_path / "history.jsonl"
+    history.write_text('{"from": "K7QX", "text": "hello"}\n' + line + "\n")
+    r = cli("prompt", "hi", "--history", history)
+    assert one_line_error(r), r.err
+    assert f"{history}{said}" in r.err
+
+
+def test_a_history_line_with_a_raw_u2028_inside_a_string_is_one_message(cli, tmp_path):
+    history = tmp_path / "history.jsonl"
+    line = json.dumps({"from": "K7QX", "text": "first\u2028line"}, ensure_ascii=False)
+    history.write_text(line + "\n", encoding="utf-8")
+    r = cli("prompt", "/ai hi", "--channel", "--history", history)
+    assert r.code == 0, r.err
+    assert "Context:\nK7QX: first\u2028line\n\nQuestion: hi\n" in r.out
+
+
+def test_an_unknown_default_personality_id_is_named_with_the_personas_known(cli, tmp_path, real):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"default_personality_id": "medik"}))
+    r = cli("prompt", "hi", "--mesh-master-config", config)
+    assert one_line_error(r), r.err
+    assert f"{config}: default_personality_id 'medik' names no persona (known: trail)" in r.err
+    assert "pass them with --personas FILE" in r.err
+    r = cli("prompt", "hi", "--mesh-master-config", config,
+            "--personas", real / "mesh-master-personas.json")  # fmt: skip
+    assert one_line_error(r), r.err
+    assert "default_personality_id 'medik' names no persona (known: trail, " in r.err
+    assert "the bot falls back to 'trail'; fix the id" in r.err
+
+
+def test_personas_beside_a_config_with_its_own_ai_personalities_is_refused(cli, tmp_path, real):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ai_personalities": [{"id": "ops", "prompt": "Be brief."}]}))
+    personas = real / "mesh-master-personas.json"
+    r = cli("prompt", "hi", "--mesh-master-config", config, "--personas", personas)
+    assert one_line_error(r), r.err
+    assert f"--personas {personas}: has no effect, {config} lists its own ai_personalities" in r.err
+    assert cli("prompt", "hi", "--mesh-master-config", config).code == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [({"gguf": 5}, "export.json: `gguf` is 5, not a string"),
+     ({"verified": "yes"}, 'export.json: `verified` is "yes", not a boolean'),
+     ({"quant": "Q2_K"}, "export.json: `quant` 'Q2_K' is not a type meshtune exports")],
+)  # fmt: skip
+def test_export_json_with_gguf_5_or_quant_q2_k_is_a_one_line_error_naming_the_key(
+    cli, tmp_path, change, said
+):
+    from tests.tiny import write_summary
+
+    run = tmp_path / "run"
+    write_summary(run, "smollm2-135m")
+    info = {"run": str(run), "name": "m", "quant": "Q8_0", "gguf": "m-Q8_0.gguf", "verified": True}
+    (run / "export.json").write_text(json.dumps({**info, **change}))
+    r = cli("verify", run)
+    assert one_line_error(r), r.err
+    assert f"{run}/{said}" in r.err and "meshtune export" in r.err
+
+
+def test_plan_with_val_set_size_100_on_20_rows_names_val_set_size(cli, tmp_path):
+    rows = rows_file(tmp_path, [chat(f"question {i}?", f"answer {i}.") for i in range(20)])
+    recipe = write_recipe(tmp_path, f"datasets: [{{path: {rows}}}]\nval_set_size: 100\n")
+    r = cli("plan", recipe)
+    assert one_line_error(r), r.err
+    assert "val_set_size 100: the datasets hold only 20 conversations" in r.err
+    assert "eval fraction" not in r.err
+
+
+def test_a_data_row_nested_100000_deep_is_an_invalid_json_finding_not_unexpected(cli, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = rows_file(tmp_path, [chat("hi?", "hello."), '{"conversations": ' + deep + "}"])
+    r = cli("data", "check", path)
+    assert r.code == 1 and "unexpected" not in r.err, r.err
+    assert f"{path.name}:2: E101 invalid JSON (arrays or objects nested too deeply" in r.out
+
+
+def test_a_system_prompt_argument_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    """Bytes that are not UTF-8 reach Python as a lone surrogate (here in --system)."""
+    system = os.fsdecode(b"be brief \xff")
+    proc = _meshtune(
+        "eval", "bot", "--backend", "openai", "--system", system, "--out", tmp_path / "o"
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert "error: argument 'be brief \ufffd': character 10 is not UTF-8 text" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ highlighted. `--raw` is a plain chat (the whole conversation, the Modelfile's PA
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,7 @@ class Session:
     logs: dict[bool, list[meshmaster.Line]] = field(default_factory=lambda: {False: [], True: []})
     turns: list[dict[str, str]] = field(default_factory=list)  # raw mode: the chat so far
     last: Request | None = None
+    notes: tuple[str, ...] = ()  # warnings about the setup, shown once at the start
 
     @property
     def profile(self) -> Profile:
@@ -251,9 +252,19 @@ def open_session(
         persona = bot.persona(persona).id
     # room beyond the bot's num_ctx, so an overflowing prompt is shown, not refused
     engine = LlamaCppBackend(spec.gguf, threads=threads or 1, n_ctx=max(4096, 2 * bot.num_ctx))
+    notes: tuple[str, ...] = ()
+    if not raw and bot.num_ctx > engine.n_ctx_train > 0:
+        # Ollama clamps num_ctx to the model's trained context; so does chat, as it must
+        notes = (
+            f"ollama_num_ctx {bot.num_ctx} in {bot.source} is more than {spec.label}'s "
+            f"context ({engine.n_ctx_train} tokens); Ollama uses {engine.n_ctx_train} and so "
+            f"does chat (set ollama_num_ctx to at most {engine.n_ctx_train})",
+        )
+        bot = replace(bot, num_ctx=engine.n_ctx_train)
     return Session(
-        engine, spec, bot, registry or load_registry(), raw, channel, persona, sender, seed
-    )
+        engine, spec, bot, registry or load_registry(), raw, channel, persona, sender, seed,
+        notes=notes,
+    )  # fmt: skip
 
 
 def run(
@@ -263,6 +274,8 @@ def run(
 ) -> None:
     """The read-send-show loop until /quit or end of input."""
     console.print(session.status(), highlight=False)
+    for note in session.notes:
+        console.print(f"warning: {note}", style="yellow", highlight=False, markup=False)
     console.print("type /help for commands", style="dim")
     while True:
         try:

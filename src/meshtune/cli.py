@@ -442,6 +442,14 @@ ThreadsOpt = Annotated[
     typer.Option(help="CPU threads: llamacpp decodes one item per thread; hf: torch threads."),
 ]
 
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds a server may take to start its reply, and to pause in it (default 120, "
+        "Mesh Master's ollama_timeout); a whole reply gets 4 times that."
+    ),
+]
+
 
 @app.command("eval")
 def eval_cmd(
@@ -455,6 +463,7 @@ def eval_cmd(
     compare: CompareOpt = None,
     system: SystemOpt = None,
     url: Annotated[str | None, typer.Option(help="Server URL for openai / ollama.")] = None,
+    timeout: TimeoutOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the first sample.")] = 0,
     threads: ThreadsOpt = None,
     registry: RegistryOpt = None,
@@ -472,15 +481,21 @@ def eval_cmd(
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
     (exit 1), with the failing criteria and example replies. With --replies, the same checks
     and gate score replies written elsewhere, with no model."""
-    from meshtune.evaluate.backends import check_url
+    from meshtune.evaluate.backends import capped_threads, check_url
     from meshtune.meshmaster import load_config
 
     # Every argument checked before a model is loaded: a wrong one fails in a second, not
     # after the whole evaluation.
     if threads is not None and threads < 1:
         raise MeshtuneError(f"--threads {threads}: must be at least 1")
+    if threads is not None:
+        threads, warning = capped_threads(threads)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
     if url is not None:
         check_url(url)
+    if timeout is not None and not timeout > 0:
+        raise MeshtuneError(f"--timeout {timeout:g}: must be more than 0 seconds")
     if out is not None:
         check_output_dir(out, "--out")
     _on_interrupt(lambda: "nothing was written (the report is written when evaluation ends)")
@@ -491,6 +506,7 @@ def eval_cmd(
         gate=gate,
         system=system,
         url=url,
+        timeout=timeout,
         seed=seed,
         threads=threads,
         registry=load_registry(registry),
@@ -898,6 +914,7 @@ def main() -> None:
     _interrupt_note = lambda: "nothing was written"  # noqa: E731
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _check_text_arguments(sys.argv[1:])
         app()
     except MeshtuneError as e:
         if debug:
@@ -924,6 +941,20 @@ def main() -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _check_text_arguments(args: list[str]) -> None:
+    """Every argument is UTF-8 text: other bytes reach Python as lone surrogates, which no
+    prompt, report or request can hold."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            raise MeshtuneError(
+                f"argument {shown!r}: character {e.start + 1} is not UTF-8 text; type it again in "
+                "UTF-8 (or rename the file)"
+            ) from e
 
 
 def _one_line(text: str) -> str:

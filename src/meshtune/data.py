@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
 from meshtune.files import atomic
+from meshtune.jsontext import type_name
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
 MAX_LINE_BYTES = 1_000_000
@@ -219,7 +221,7 @@ def _refuse_json_document(data: bytes, path: Path) -> None:
     if not head.startswith((b"[", b"{")) or b"\n" not in head.strip():
         return
     try:
-        doc = json.loads(head)
+        doc = jsontext.loads(head.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return  # JSONL (or damaged lines): read line by line
     what = f"one JSON array of {len(doc)} items" if isinstance(doc, list) else "one JSON object"
@@ -245,7 +247,7 @@ def parse_row(
         return Issue(code, path, line, message, fix)
 
     try:
-        row = json.loads(text)
+        row = jsontext.loads(text)
     except json.JSONDecodeError as e:
         return None, [
             issue(
@@ -258,7 +260,7 @@ def parse_row(
         return None, [
             issue(
                 "E102",
-                f"row is a JSON {_json_type(row)}, not an object",
+                f"row is a JSON {type_name(row)}, not an object",
                 'wrap it as {"conversations": [...]} or {"messages": [...]}',
             )
         ]
@@ -334,7 +336,7 @@ def _messages(
             issues.append(
                 issue(
                     "E105",
-                    f'turn {n} ({role}) "{content_key}" is a {_json_type(content)}, not a string',
+                    f'turn {n} ({role}) "{content_key}" is a {type_name(content)}, not a string',
                     "make the content a string",
                 )
             )
@@ -388,18 +390,6 @@ def _check_order(messages: Sequence[Message], issue: Any) -> list[Issue]:
             )
         )
     return issues
-
-
-def _json_type(value: object) -> str:
-    return {
-        list: "list",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        type(None): "null",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- lint: the guide's rules

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 
 _TEMP = re.compile(r".+\.tmp(\d+)$")
@@ -34,7 +35,7 @@ def read_text(path: Path) -> str:
 def read_json(path: Path, fix: str) -> dict[str, Any]:
     """A JSON object file meshtune wrote; missing or damaged says `fix`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise MeshtuneError(f"{path}: missing; {fix}") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

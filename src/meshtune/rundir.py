@@ -19,12 +19,16 @@ is a dataclass whose JSON form is the file's (load(save(x)) == x).
 """
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_json, write_json
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT
@@ -100,10 +104,10 @@ class RunDir:
         return self.summary.is_file()
 
     def load_summary(self) -> "TrainSummary":
-        return TrainSummary.from_dict(read_json(self.summary, "run `meshtune train` first"))
+        return TrainSummary.load(self.summary, "run `meshtune train` first")
 
     def load_export(self) -> "ExportInfo":
-        return ExportInfo.from_dict(read_json(self.export_info, "run `meshtune export` first"))
+        return ExportInfo.load(self.export_info, "run `meshtune export` first")
 
     def load_verification(self) -> "Verification":
         fix = f"run `meshtune verify {self.path}` first"
@@ -147,11 +151,47 @@ class _Record:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def load(cls, path: Path, fix: str) -> Self:
+        """The record in `path`; a value of the wrong type is an error naming its key."""
+        data = read_json(path, fix)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data and not _is_a(data[f.name], hints[f.name]):
+                raise MeshtuneError(
+                    f"{path}: `{f.name}` is {json.dumps(data[f.name])[:40]}, not a "
+                    f"{_type_name(hints[f.name])}; {fix}"
+                )
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a record field's type (an int fits a float; a bool is not a
+    number)."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_a(value, h) for h in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def _type_name(hint: Any) -> str:
+    names = {**jsontext.TYPE_NAMES, int: "whole number"}
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join(names.get(typing.get_origin(h) or h, str(h)) for h in options)
 
 
 @dataclass(slots=True)

@@ -24,18 +24,19 @@ Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/
 (data/eval/knowledge_eval.jsonl: `/meshtastic` items for `meshtune kb check`).
 """
 
-import json
 import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
+from meshtune.meshmaster import AI_COMMANDS
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
 REGEX_PREFIX = "re:"
@@ -86,6 +87,23 @@ class Item(BaseModel):
     good: str | None = Field(default=None, min_length=1)  # a reply the checks must accept
     bad: str | None = Field(default=None, min_length=1)  # a plausible reply they must reject
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_question(cls, raw: Any) -> Any:
+        """A channel item holds the question (it is sent as `/ai QUESTION`): `/ai hi` is
+        stored as `hi`, since sending it as written would ask the model `/ai hi`."""
+        if not isinstance(raw, dict) or raw.get("channel") is not True:
+            return raw
+        if isinstance(raw.get("prompt"), str):
+            return {**raw, "prompt": _channel_question(raw["prompt"])}
+        turns = raw.get("messages")
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict):
+            last = turns[-1]
+            if isinstance(last.get("content"), str):
+                last = {**last, "content": _channel_question(last["content"])}
+                return {**raw, "messages": [*turns[:-1], last]}
+        return raw
+
     @model_validator(mode="after")
     def _checks_compile(self) -> "Item":
         for check in (*self.expect_any, *self.expect_all, *self.forbid):
@@ -122,6 +140,23 @@ class Item(BaseModel):
     @property
     def question(self) -> str:
         return self.turns[-1].content
+
+
+def _channel_question(text: str) -> str:
+    words = text.split()
+    command = words[0].lower() if words else ""
+    if command not in AI_COMMANDS:
+        return text
+    if len(words) == 1:
+        raise ValueError(
+            f"'{text.strip()}' has no question: on a channel the bot answers it with help text, "
+            "not the model; write the question alone (it is sent as /ai QUESTION)"
+        )
+    if command != "/ai":
+        raise ValueError(
+            f"'{command}': a channel item is sent as /ai QUESTION; write the question alone"
+        )
+    return text.strip()[len(command) :].strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +199,7 @@ def load_suite(name_or_path: str) -> Suite:
     text = read_text(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in jsontext.lines(text):
         if not line.strip():
             continue
         item = parse_item(line, f"{path}:{lineno}")
@@ -180,19 +215,8 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(name, str(path), items)
 
 
-def json_object(line: str, where: str) -> dict:
-    """One JSONL line that must hold a JSON object; anything else is a `where:` error."""
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MeshtuneError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix it") from e
-    if not isinstance(raw, dict):
-        raise MeshtuneError(f"{where}: not a JSON object; write one object per line")
-    return raw
-
-
 def parse_item(line: str, where: str) -> Item:
-    raw = json_object(line, where)
+    raw = jsontext.load_object(line, where, "write one JSON object per line")
     try:
         return Item.model_validate(raw)
     except ValidationError as e:

@@ -10,7 +10,6 @@ A suite (suite.py) is turned into requests by a profile (profiles.py), sent thro
 (gate.py), and report.py writes report.md, report.html, replies.jsonl and summary.json.
 """
 
-import json
 import threading
 import time
 from collections import Counter
@@ -22,6 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
@@ -32,10 +34,11 @@ from meshtune.evaluate.backends import (
     resolve_model,
 )
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
+from meshtune.evaluate.http_post import TIMEOUT_S
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
 from meshtune.files import read_text
 from meshtune.meshmaster import SHIPPED, BotConfig
-from meshtune.suites import Item, Suite, json_object, load_suite
+from meshtune.suites import Item, Suite, load_suite
 
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result", "score_replies"]
 
@@ -64,6 +67,7 @@ def evaluate(
     gate: str | Path | GateConfig | None = None,
     system: str | None = None,
     url: str | None = None,
+    timeout: float | None = None,
     seed: int = 0,
     threads: int | None = None,
     registry: Registry | None = None,
@@ -89,7 +93,7 @@ def evaluate(
     n = samples if prof.sampled else 1  # a greedy reply is the same every time
     registry = registry or load_registry()
     start = time.perf_counter()
-    engine = open_backend(spec, url, threads)
+    engine = open_backend(spec, url, threads, timeout or TIMEOUT_S)
     try:
         loaded = time.perf_counter()
         rows = _run(engine, the_suite, ask, n, seed, registry, progress)
@@ -146,11 +150,11 @@ def read_replies(path: Path, suite: Suite) -> list[tuple[Item, Generation]]:
     so a judged file or a report's replies.jsonl reads as it is."""
     items = {i.id: i for i in suite.items}
     given = []
-    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+    for lineno, line in jsontext.lines(read_text(path)):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        raw = json_object(line, where)
+        raw = jsontext.load_object(line, where, "write one JSON object per line")
         item, reply = raw.get("item"), raw.get("reply")
         finish = raw.get("finish_reason") or "stop"
         if not isinstance(item, str) or item not in items:
@@ -310,21 +314,83 @@ def _run_info(
     }
 
 
+class _Category(BaseModel):
+    items: int
+    pass_rate: float
+
+
+class _Chars(BaseModel):
+    p50: float
+    p90: float
+
+
+class _Summary(BaseModel):
+    """What a comparison and the gate read from a report's summary.json."""
+
+    model_config = ConfigDict(extra="allow")
+    suite: str
+    profile: str
+    categories: dict[str, _Category]
+    chars: _Chars
+    pass_rate: float
+    # rates the gate reads (None: a report written before the rate was measured)
+    loop_rate: float | None = None
+    runaway_rate: float | None = None
+    invented_command_rate: float | None = None
+    wrong_command_rate: float | None = None
+    command_dump_rate: float | None = None
+    canned_rate: float | None = None
+    gate_config: GateConfig | None = None
+
+
+class _Reply(BaseModel):
+    """What they read from each line of replies.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+    item: str
+    sample: int
+    category: str
+    question: str
+    reply: str
+    failures: list[str]
+    passed: bool
+    chars: float
+    loop: Any
+    runaway: bool
+    command_dump: bool
+    invented_commands: list[str]
+
+
 def load_result(folder: str | Path) -> EvalResult:
-    """A finished evaluation read back from its report folder (summary.json, replies.jsonl)."""
+    """A finished evaluation read back from its report folder (summary.json, replies.jsonl);
+    a damaged file is an error naming it, the line and the field."""
     folder = Path(folder)
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        lines = (folder / "replies.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise MeshtuneError(
-            f"{folder}: not a readable evaluation report ({e}); run `meshtune eval` with --out"
-        ) from e
-    cfg = GateConfig.model_validate(summary.get("gate_config") or {})
-    verdict = judge(summary, rows, cfg)
+    fix = "re-run `meshtune eval` with --out to write the report again"
+    summary = _report_record(
+        _Summary, folder / "summary.json", 0, read_text(folder / "summary.json"), fix
+    )
+    path = folder / "replies.jsonl"
+    rows = [
+        _report_record(_Reply, path, n, line, fix)
+        for n, line in jsontext.lines(read_text(path))
+        if line.strip()
+    ]
+    verdict = judge(summary, rows, GateConfig.model_validate(summary.get("gate_config") or {}))
     summary["gate"] = verdict.to_dict()
     return EvalResult(summary, rows, verdict)
+
+
+def _report_record(kind: type[BaseModel], path: Path, line: int, text: str, fix: str) -> dict:
+    """One JSON object of a report file, checked to hold what is read from it (kept whole)."""
+    where = f"{path}:{line}" if line else str(path)
+    raw = jsontext.load_object(text, where, fix)
+    try:
+        kind.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise MeshtuneError(f"{where}: `{field}`: {err['msg']}; {fix}") from e
+    return raw
 
 
 def is_report(path: str | Path) -> bool:

@@ -14,14 +14,13 @@ into num_predict ("length").
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshtune import models, rundir
+from meshtune import jsontext, models, rundir
 from meshtune.errors import MeshtuneError
+from meshtune.evaluate.http_post import TIMEOUT_S, Answer, json_object
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
 from meshtune.meshmaster.truncation import ollama_cut, shift_discard
 from meshtune.ollama import REPEAT_LAST_N, Sampling
@@ -29,7 +28,6 @@ from meshtune.rundir import RunDir
 
 BACKENDS = ("hf", "llamacpp", "openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
-TIMEOUT_S = 120  # Mesh Master's ollama_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,9 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
     )
 
 
-def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = None) -> Backend:
+def open_backend(
+    spec: ModelSpec, url: str | None = None, threads: int | None = None, timeout: float = TIMEOUT_S
+) -> Backend:
     if spec.backend == "llamacpp":
         assert spec.gguf is not None
         return LlamaCppBackend(spec.gguf, threads=threads)
@@ -153,13 +153,33 @@ def open_backend(spec: ModelSpec, url: str | None = None, threads: int | None = 
         assert spec.hf_name is not None
         return HFBackend(models.resolve(spec.hf_name).folder, spec.adapter, threads=threads)
     if spec.backend == "openai":
-        return OpenAIBackend(url or DEFAULT_URLS["openai"], spec.name)
-    return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name)
+        return OpenAIBackend(url or DEFAULT_URLS["openai"], spec.name, timeout)
+    return OllamaBackend(url or DEFAULT_URLS["ollama"], spec.name, timeout)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def default_threads() -> int:
     # Small models gain little from many threads (benchmarks/eval_speed.py measures it).
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
+
+
+def capped_threads(threads: int) -> tuple[int, str | None]:
+    """--threads within the machine's CPUs, and a warning when it was more: each llama.cpp
+    lane is a context of its own, so threads beyond the cores only take memory."""
+    cpus = usable_cpus()
+    if threads <= cpus:
+        return threads, None
+    return cpus, (
+        f"--threads {threads}: this machine runs {cpus} CPU threads; using {cpus} (more only "
+        "take memory: each is a llama.cpp context)"
+    )
 
 
 # ---------------------------------------------------------------- llama.cpp
@@ -215,6 +235,10 @@ class LlamaCppBackend:
         # thread, room for parallel sequences in one shared cell pool (copied prompt cells are
         # shared, not duplicated).
         params = C.llama_context_params.from_buffer_copy(self.llm.context_params)
+        # A context beyond the model's trained one holds nothing it can use, only memory (Ollama
+        # clamps num_ctx the same way).
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.llm.model)
+        n_ctx = min(n_ctx, self.n_ctx_train) if self.n_ctx_train > 0 else n_ctx
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = _Lane.BATCH  # a prompt chunk is decoded at once
         params.n_seq_max = self.MAX_SEQ
@@ -499,48 +523,42 @@ def check_url(url: str) -> str:
     """A server URL: http(s)://host[:port][/path]. Checked before any model is loaded."""
     from urllib.parse import urlsplit
 
+    example = "e.g. http://127.0.0.1:11434"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number)
     except ValueError as e:
-        raise MeshtuneError(f"--url {url!r}: not a URL ({e}); e.g. http://127.0.0.1:11434") from e
+        raise MeshtuneError(f"--url {url!r}: not a URL ({e}); {example}") from e
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MeshtuneError(f"--url {url!r}: not an http(s) URL with a host; {example}")
+    if any(c.isspace() or ord(c) < 32 for c in url):
         raise MeshtuneError(
-            f"--url {url!r}: not an http(s) URL with a host; e.g. http://127.0.0.1:11434"
+            f"--url {url!r}: contains a space or control character; remove it (or write a "
+            f"space in the path as %20), {example}"
         )
     return url
 
 
-def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-    data = json.dumps(body).encode()
-    try:
-        req = urllib.request.Request(
-            url, data, {"Content-Type": "application/json", **(headers or {})}, method="POST"
-        )
-        return urllib.request.urlopen(req, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        detail = " ".join(e.read().decode(errors="replace")[:200].split())
-        raise MeshtuneError(f"{url}: HTTP {e.code} ({detail}); check the model name") from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise MeshtuneError(f"{url}: cannot connect ({reason}); is the server running?") from e
-    except ValueError as e:  # urllib's "unknown url type"
-        raise MeshtuneError(f"{url}: not a URL meshtune can call ({e}); check --url") from e
-
-
-def _json_object(raw: bytes, url: str) -> dict[str, Any]:
-    """A server's JSON reply; anything else (an HTML page, a proxy's error) is named as such."""
-    try:
-        out = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        start = " ".join(raw[:80].decode(errors="replace").split())
-        raise MeshtuneError(
-            f"{url}: the server did not answer with JSON (it sent {start!r}); check --url "
-            "points at the model server itself"
-        ) from e
-    if not isinstance(out, dict):
-        raise MeshtuneError(f"{url}: unexpected reply {str(out)[:120]!r}; check --url")
-    return out
+def reply_field(reply: dict[str, Any], path: str, kind: type, url: str, api: str) -> Any:
+    """A server reply's value at a dotted path ("choices.0.message.content"), which must be a
+    `kind` (an int for float); absent or null is None. Anything else is an error naming the
+    field, since a reply read wrong would be judged as the model's words."""
+    value: Any = reply
+    for key in path.split("."):
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return None
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if value is None or ok or (kind is float and type(value) is int):
+        return value
+    raise MeshtuneError(
+        f"{url}: the reply's `{path}` is a {jsontext.type_name(value)} "
+        f"({json.dumps(value)[:60]}), not a {jsontext.TYPE_NAMES[kind]}; the server does not "
+        f"answer as {api} does: check --url and --backend"
+    )
 
 
 class OpenAIBackend:
@@ -549,10 +567,11 @@ class OpenAIBackend:
     llama.cpp servers read; OPENAI_API_KEY is sent as a bearer token when set."""
 
     name = "openai"
+    API = "the OpenAI API"
 
-    def __init__(self, url: str, model: str):
+    def __init__(self, url: str, model: str, timeout: float = TIMEOUT_S):
         self.url = url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
-        self.model = model
+        self.model, self.timeout = model, timeout
         key = os.environ.get("OPENAI_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -570,21 +589,25 @@ class OpenAIBackend:
             "seed": seed,
         }
         start = time.perf_counter()
-        with _post(self.url, body, self.headers) as resp:
-            out = _json_object(resp.read(), self.url)
+        with Answer(self.url, body, self.headers, self.timeout) as answer:
+            out = answer.json()
         seconds = time.perf_counter() - start
-        try:
-            choice = out["choices"][0]
-            usage = out.get("usage") or {}
-            return Generation(
-                choice["message"].get("content") or "",
-                "length" if choice.get("finish_reason") == "length" else "stop",
-                usage.get("completion_tokens"),
-                usage.get("prompt_tokens"),
-                seconds,
+
+        def field(path: str, kind: type) -> Any:
+            return reply_field(out, path, kind, self.url, self.API)
+
+        if field("choices.0", dict) is None:
+            raise MeshtuneError(
+                f"{self.url}: the reply has no `choices[0]` ({str(out)[:120]!r}); check --url "
+                "points at an OpenAI-compatible server"
             )
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise MeshtuneError(f"{self.url}: unexpected reply {str(out)[:200]}") from e
+        return Generation(
+            field("choices.0.message.content", str) or "",
+            "length" if field("choices.0.finish_reason", str) == "length" else "stop",
+            field("usage.completion_tokens", int),
+            field("usage.prompt_tokens", int),
+            seconds,
+        )
 
     def close(self) -> None:
         pass
@@ -597,10 +620,11 @@ class OllamaBackend:
     PARAMETERs apply; a multi-turn chat goes to /api/chat as `ollama run` does."""
 
     name = "ollama"
+    API = "Ollama"
 
-    def __init__(self, url: str, model: str):
+    def __init__(self, url: str, model: str, timeout: float = TIMEOUT_S):
         self.base = url.rstrip("/").removesuffix("/api/generate")
-        self.model = model
+        self.model, self.timeout = model, timeout
 
     def body(self, request: Request, seed: int) -> tuple[str, dict[str, Any]]:
         """The endpoint and the exact JSON body for one request."""
@@ -615,28 +639,36 @@ class OllamaBackend:
 
     def generate(self, request: Request, seed: int) -> Generation:
         path, body = self.body(request, seed)
+        url = self.base + path
         start = time.perf_counter()
         parts: list[str] = []
         final: dict[str, Any] = {}
-        with _post(self.base + path, body) as resp:
-            for raw in resp:  # newline-delimited JSON chunks; the last has "done": true
+        with Answer(url, body, {}, self.timeout) as answer:
+            for raw in answer.lines():  # newline-delimited JSON chunks; the last has "done"
                 if not raw.strip():
                     continue
-                chunk = _json_object(raw, self.base + path)
+                chunk = json_object(raw, url)
+
+                def field(path: str, kind: type, chunk: dict[str, Any] = chunk) -> Any:
+                    return reply_field(chunk, path, kind, url, self.API)
+
                 if "error" in chunk:
-                    raise MeshtuneError(f"{self.base}{path}: {chunk['error']}")
-                parts.append(chunk.get("response") or chunk.get("message", {}).get("content", ""))
-                if chunk.get("done"):
+                    raise MeshtuneError(f"{url}: the server says: {str(chunk['error'])[:200]}")
+                parts.append(field("response", str) or field("message.content", str) or "")
+                if field("done", bool):
                     final = chunk
                     break
         seconds = time.perf_counter() - start
         if not final:
-            raise MeshtuneError(f"{self.base}{path}: the stream ended without done; retry")
+            raise MeshtuneError(
+                f"{url}: the stream ended without a `done` chunk after {len(parts)} chunks "
+                "(the server closed it mid-reply); check the server's log and retry"
+            )
         return Generation(
             "".join(parts),
-            "length" if final.get("done_reason") == "length" else "stop",
-            final.get("eval_count"),
-            final.get("prompt_eval_count"),
+            "length" if field("done_reason", str) == "length" else "stop",
+            field("eval_count", int),
+            field("prompt_eval_count", int),
             seconds,
         )
 

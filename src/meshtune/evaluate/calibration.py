@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import score_replies
 from meshtune.files import read_text
-from meshtune.suites import Suite, json_object
+from meshtune.suites import Suite
 
 VERDICTS = ("correct", "partial", "wrong")
 
@@ -41,10 +42,12 @@ class Calibration:
 def judged_verdicts(path: Path) -> list[str]:
     """The judge's verdict of every reply line, in order."""
     verdicts = []
-    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+    for lineno, line in jsontext.lines(read_text(path)):
         if not line.strip():
             continue
-        verdict = json_object(line, f"{path}:{lineno}").get("verdict")
+        verdict = jsontext.load_object(
+            line, f"{path}:{lineno}", "write one JSON object per line"
+        ).get("verdict")
         if verdict not in VERDICTS:
             raise MeshtuneError(
                 f"{path}:{lineno}: 'verdict' {verdict!r} must be one of {', '.join(VERDICTS)}"

@@ -99,6 +99,11 @@ def verify(
     verify reads them from the run directory)."""
     run = RunDir(Path(run_dir))
     exported = exported or run.load_export()
+    if exported.quant not in LOGIT_BOUNDS:
+        raise MeshtuneError(
+            f"{run.export_info}: `quant` {exported.quant!r} is not a type meshtune exports "
+            f"({', '.join(LOGIT_BOUNDS)}); re-run `meshtune export`"
+        )
     mf = ollama.read(run.modelfile)
     gguf_path = run.path / exported.gguf
     if not gguf_path.is_file() or not (run.merged / "config.json").is_file():

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
 
@@ -171,9 +172,34 @@ def load_config(path: Path | None, personas: Path | None = None) -> BotConfig:
             raise MeshtuneError(f"{path}: `meshtastic_knowledge_file` must be a path; fix it")
         config = replace(config, knowledge_file=path.parent / knowledge)
     own = isinstance(raw.get("ai_personalities"), list) and bool(raw["ai_personalities"])
-    if personas is not None and not own:
+    if personas is not None and own:
+        raise MeshtuneError(
+            f"--personas {personas}: has no effect, {path} lists its own ai_personalities "
+            "(the bot uses those); drop --personas, or the config's ai_personalities"
+        )
+    if personas is not None:
         config = replace(config, personas=_personas_file(personas))
+    _check_default_persona(config, own or personas is not None)
     return config
+
+
+def _check_default_persona(config: BotConfig, operators: bool) -> None:
+    """default_personality_id names a persona meshtune knows: else the request would silently
+    use another persona than the bot's."""
+    wanted = config.default_persona
+    if not wanted or config._lookup(wanted) is not None:
+        return
+    known = ", ".join(p.id for p in config.personas)
+    fix = (
+        f"the bot falls back to '{config.personas[0].id}'; fix the id"
+        if operators
+        else "meshtune knows only these without the bot's built-ins: pass them with --personas "
+        "FILE, or fix the id"
+    )
+    raise MeshtuneError(
+        f"{config.source}: default_personality_id '{wanted}' names no persona (known: "
+        f"{known}); {fix}"
+    )
 
 
 def _config_from(raw: dict[str, Any], where: str) -> BotConfig:
@@ -270,7 +296,7 @@ def _personas(items: list[Any], where: str) -> tuple[Persona, ...]:
 def _read_json(path: Path) -> Any:
     text = read_text(path)
     try:
-        return json.loads(text)
+        return jsontext.loads(text)
     except json.JSONDecodeError as e:
         raise MeshtuneError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from e
 

@@ -1,11 +1,11 @@
 """The bot's message log and the `Context:` it builds from it: which earlier lines of a DM or
 channel thread the model sees, and how each was logged."""
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
 from meshtune.meshmaster.config import BotConfig
@@ -121,41 +121,30 @@ def _dm_thread(log: list[_Entry], sender: str) -> list[_Entry]:
 
 def _channel_thread(log: list[_Entry], sender: str) -> list[_Entry]:
     """The thread of the last message: its root (the message itself, or for a command the
-    sender's latest earlier non-command message) and the bot's replies to that root."""
-    roots: list[int | None] = []  # per entry: the root its reply (if any) belongs to
+    sender's latest earlier non-command message) and the bot's replies to that root (each
+    reply belongs to the root of the message before it). One pass: a channel log can be long."""
+    roots: list[int | None] = []  # per entry: its root (a reply: the root it answers)
+    latest_plain: dict[str, int] = {}  # per sender: their latest non-command message
+    root: int | None = None  # the root of the latest message from a person
     for i, e in enumerate(log):
-        roots.append(None if e.ai else _root(log, i))
-    for i, e in enumerate(log):
-        if e.ai:
-            roots[i] = next((roots[j] for j in range(i - 1, -1, -1) if not log[j].ai), None)
-    root = roots[-1]
-    return [e for i, e in enumerate(log) if i == root or (e.ai and roots[i] == root)]
-
-
-def _root(log: list[_Entry], i: int) -> int:
-    e = log[i]
-    if not e.text.strip().startswith("/"):
-        return i
-    for j in range(i - 1, -1, -1):
-        m = log[j]
-        if not m.ai and m.sender == e.sender and not m.text.strip().startswith("/"):
-            return j
-    return i
+        if not e.ai:
+            if e.text.strip().startswith("/"):
+                root = latest_plain.get(e.sender, i)
+            else:
+                root = latest_plain[e.sender] = i
+        roots.append(root)
+    last = roots[-1]
+    return [e for i, e in enumerate(log) if i == last or (e.ai and roots[i] == last)]
 
 
 def load_history(path: Path) -> list[Line]:
     """Earlier messages, JSONL: {"from": "<shortname>", "text": "...", "ai": true|false}, with
     an optional "at" (seconds) where reference mode's timeout matters."""
     lines = []
-    for n, raw_line in enumerate(read_text(path).splitlines(), start=1):
+    for n, raw_line in jsontext.lines(read_text(path)):
         if not raw_line.strip():
             continue
-        try:
-            row = json.loads(raw_line)
-        except json.JSONDecodeError as e:
-            raise MeshtuneError(f"{path}:{n}: invalid JSON ({e.msg}); fix the line") from e
-        if not isinstance(row, dict):
-            raise MeshtuneError(f"{path}:{n}: not a JSON object; write one message per line")
+        row = jsontext.load_object(raw_line, f"{path}:{n}", "write one message per line")
         ai = row.get("ai", False)
         sender, text = row.get("from"), row.get("text")
         if not isinstance(ai, bool):

@@ -26,6 +26,11 @@ def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conv
         train, held_out = convs, []
     else:
         size = recipe.val_set_size
+        if size >= len(convs):
+            raise MeshtuneError(
+                f"val_set_size {size:g}: the datasets hold only {len(convs)} conversations, so "
+                "none would be left to train on; give a fraction (e.g. 0.15) or a smaller count"
+            )
         train, held_out = data.split(convs, size if size < 1 else size / len(convs), recipe.seed)
     spec = recipe.mesh_master
     return render(train, spec, recipe.seed), render(held_out, spec, recipe.seed + 1)
