@@ -730,7 +730,9 @@ def test_chat_with_ollama_num_ctx_128000_uses_the_models_context_and_says_so(tmp
         "(8192 tokens); Ollama uses 8192 and so does chat" in " ".join(out.split())
     )
     assert "num_ctx 8192" in out
-    assert usage.ru_maxrss < 1_500_000, f"{usage.ru_maxrss} KiB"  # was 6 GB
+    # A 128,000-token context would take ~6 GB; 8192 takes well under 3 GB on every machine
+    # seen (1.5 GB here, 1.9 GB on CI), so 3 GB tells the two apart without being flaky.
+    assert usage.ru_maxrss < 3_000_000, f"{usage.ru_maxrss} KiB"
 
 
 def test_eval_threads_64_is_capped_at_the_machines_cpus_with_a_warning(cli, tmp_path):
