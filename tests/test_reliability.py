@@ -27,6 +27,7 @@ from tests.tiny import chat_row as chat
 from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
 from meshtune import export, files
+from meshtune.errors import MeshtuneError
 from meshtune.export.gguf import write_gguf
 
 
@@ -661,3 +662,160 @@ def test_property_random_bytes_at_the_base_model_loader(tmp_path_factory, conten
     finally:
         del os.environ["MESHTUNE_CACHE"]
     assert files.remove_stale_temps(folder / "cache" / "models") == []
+
+
+# =============================================================================================
+# Issue 22, items 1-3: writes that cannot destroy, config edits that keep every other byte,
+# deploy ships only what was proven. One test per case of the second hostile probe.
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, bytes | str]]:
+    """Every entry under `folder` (links not followed): its kind and its bytes or target."""
+    out: dict[str, tuple[str, bytes | str]] = {}
+    for p in sorted(folder.rglob("*")):
+        name = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[name] = ("link", os.readlink(p))
+        elif p.is_fifo():
+            out[name] = ("fifo", b"")
+        elif p.is_dir():
+            out[name] = ("dir", b"")
+        else:
+            out[name] = ("file", p.read_bytes())
+    return out
+
+
+@pytest.fixture
+def exports(tmp_path) -> Path:
+    """A folder of the user's own files, the probe's target."""
+    folder = tmp_path / "exports"
+    (folder / "older").mkdir(parents=True)
+    (folder / "README.txt").write_text("mine\n")
+    (folder / "older" / "run.jsonl").write_text("{}\n")
+    return folder
+
+
+def test_data_convert_to_an_existing_folder_is_refused_and_the_folder_kept(
+    cli, tmp_path, data_file, exports
+):
+    before = snapshot(tmp_path)
+    for target in (exports, f"{exports}/", f"{exports}/."):
+        r = cli("data", "convert", data_file, target)
+        assert one_line_error(r) and "is a folder, not a file" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_dot_dot_keeps_the_parent_folder(cli, tmp_path, data_file, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = snapshot(tmp_path)
+    r = cli("data", "convert", data_file, "..")
+    assert one_line_error(r) and "is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_the_current_folder_with_a_slash_keeps_it(
+    cli, tmp_path, data_file, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    for target in (".", f"{tmp_path}/"):
+        r = cli("data", "convert", data_file, target)
+        assert one_line_error(r) and "is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_a_fifo_is_refused_without_blocking_and_the_fifo_kept(
+    cli, tmp_path, data_file
+):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    r = cli("data", "convert", data_file, fifo)
+    assert one_line_error(r) and "is a FIFO, not a file" in r.err, r.err
+    assert fifo.is_fifo()
+
+
+def test_data_convert_to_a_device_is_refused_and_the_device_kept(cli, data_file):
+    r = cli("data", "convert", data_file, "/dev/null")
+    assert one_line_error(r) and "is a character device" in r.err, r.err
+    assert Path("/dev/null").is_char_device()
+
+
+def test_data_convert_to_a_symlink_to_a_folder_is_refused_and_both_kept(
+    cli, tmp_path, data_file, exports
+):
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(exports)
+    before = snapshot(tmp_path)
+    r = cli("data", "convert", data_file, link)
+    assert one_line_error(r) and f"is a folder ({exports})" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_through_a_symlink_writes_its_target_and_keeps_the_link(
+    cli, tmp_path, data_file
+):
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target.name)
+    r = cli("data", "convert", data_file, link)
+    assert r.code == 0, r.err
+    assert link.is_symlink() and os.readlink(link) == "real.jsonl"
+    assert len(target.read_text().splitlines()) == 6 and (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_data_split_refuses_a_folder_named_like_its_output_and_writes_neither_file(
+    cli, tmp_path, data_file
+):
+    (tmp_path / "chats.eval.jsonl").mkdir()
+    (tmp_path / "chats.eval.jsonl" / "keep.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    assert one_line_error(r) and "chats.eval.jsonl: is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before  # no chats.train.jsonl either
+
+
+def test_data_split_refuses_two_outputs_that_are_one_file(cli, tmp_path, data_file):
+    (tmp_path / "both.jsonl").write_text("mine\n")
+    for side in ("train", "eval"):
+        (tmp_path / f"chats.{side}.jsonl").symlink_to("both.jsonl")
+    before = snapshot(tmp_path)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    assert one_line_error(r) and "the same file" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_split_replaces_both_files_or_neither_when_the_second_rename_fails(
+    cli, tmp_path, data_file, monkeypatch
+):
+    for side in ("train", "eval"):
+        (tmp_path / f"chats.{side}.jsonl").write_text(f"old {side}\n")
+    before = snapshot(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):  # a fault injected into the second rename
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace_then_fail)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    monkeypatch.undo()
+    assert one_line_error(r) and "No space left on device" in r.err, r.err
+    assert snapshot(tmp_path) == before  # the first file put back, no temp file left
+
+
+def test_an_eval_report_is_written_together_or_not_at_all(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "report.html").mkdir()  # the last of the four cannot be written
+    before = snapshot(tmp_path)
+    with pytest.raises(MeshtuneError, match=r"report\.html: is a folder"):
+        files.write_files({out / n: "new" for n in ("replies.jsonl", "summary.json", "report.md",
+                                                     "report.html")})  # fmt: skip
+    assert snapshot(tmp_path) == before
