@@ -25,7 +25,7 @@ from tests.tiny import (
 
 from meshtune import export, ollama
 from meshtune.errors import MeshtuneError
-from meshtune.export import deploy, gguf, modelfile, proof
+from meshtune.export import config_edit, gguf, modelfile, proof
 from meshtune.export.gguf import llama as gguf_llama
 from meshtune.meshmaster import OPTIONS
 from meshtune.rundir import RunDir
@@ -363,7 +363,7 @@ def test_deploy_refuses_a_run_that_failed_verification_unless_forced(chatml, tmp
 def test_ollama_model_is_added_when_the_config_has_none(tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{\n    "chunk_size": 160,\n    "x": {"ollama_model": "nested"}\n}\n')
-    deploy.set_ollama_model(config, "mesh-bot")
+    config.write_bytes(config_edit.edit(config.read_bytes(), {"ollama_model": "mesh-bot"}, "c"))
     assert config.read_text() == (
         '{\n    "ollama_model": "mesh-bot",\n    "chunk_size": 160,\n'
         '    "x": {"ollama_model": "nested"}\n}\n'
@@ -374,7 +374,7 @@ def test_a_config_that_is_not_json_is_left_alone(tmp_path):
     config = tmp_path / "config.json"
     config.write_text("{not json")
     with pytest.raises(MeshtuneError, match="not readable JSON"):
-        deploy.set_ollama_model(config, "mesh-bot")
+        config_edit.plan_config_edit(config, "mesh-bot")
     assert config.read_text() == "{not json" and not list(tmp_path.glob("*.bak"))
 
 

@@ -296,7 +296,8 @@ def test_two_deploys_in_the_same_second_keep_both_backups_and_the_original_model
 
     monkeypatch.setattr(export, "datetime", _SameSecond, raising=False)
     monkeypatch.setattr(files_mod, "datetime", _SameSecond, raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     original = config.read_text()
     for name in ("bot-one", "bot-two"):
         assert cli("deploy", proved, "--name", name, "--mesh-master-config", config).code == 0
@@ -308,7 +309,8 @@ def test_two_deploys_in_the_same_second_keep_both_backups_and_the_original_model
 
 
 def test_deploy_edits_the_target_of_a_symlinked_config(proved, config, cli, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     link = tmp_path / "config-link.json"
     link.symlink_to(config)
     r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", link)

@@ -200,11 +200,17 @@ def run_dir(tmp_path: Path) -> Path:
         shutil.copy(RUN / name, run / name)
     gguf = run / GGUF
     gguf.write_bytes(b"GGUF" + os.urandom(4096))
-    digest, size = file_digest(gguf)
+    prove(run)
+    return run
+
+
+def prove(run: Path) -> None:
+    """verify.json made to prove the run's GGUF bytes and Modelfile as they are now."""
+    digest, size = file_digest(run / GGUF)
     proof = RunDir(run).load_verification()
     proof.gguf, proof.sha256, proof.bytes = GGUF, digest, size
+    proof.modelfile_sha256 = file_digest(run / "Modelfile")[0]
     proof.save(RunDir(run).verification)
-    return run
 
 
 def test_a_gguf_that_is_not_the_proved_one_is_never_shipped(cli, run_dir, tmp_path):
@@ -326,7 +332,7 @@ def test_dry_run_prints_every_step_and_connects_nowhere(cli, tmp_path: Path, run
     ]
     assert "scp -q" in r.out and "pi@meshpi.invalid:meshtune-models/meshtune-v2/" in r.out
     assert "cd -- meshtune-models/meshtune-v2 && ollama create meshtune-v2" in r.out
-    assert "cp -p -- mesh-master/config.json mesh-master/config.json." in r.out  # the backup
+    assert "back up mesh-master/config.json (a new .bak), then replace it" in r.out
     assert "sudo -n systemctl restart mesh-ai" in r.out
 
 

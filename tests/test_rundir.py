@@ -39,9 +39,11 @@ def test_each_record_reads_back_what_was_saved(tmp_path):
     proof = Verification(
         "bot-Q8_0.gguf",
         "Q8_0",
-        [Check("tokens", True, "11 chats", {"chats": 11}), Check("template", None, "no go")],
+        [Check("tokens", True, "11 chats", {"chats": 11}), Check("template", None, "no go")]
+        + [Check(n, True, "") for n in ("metadata", "logits", "stops", "modelfile")],
         "ab" * 32,
         145,
+        "cd" * 32,
     )
     proof.save(run.verification)
     back = run.load_verification()
