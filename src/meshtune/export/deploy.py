@@ -188,5 +188,3 @@ def check_proof(folder: Path, mf: ollama.Modelfile) -> Verification:
             f"after verification, or an export stopped before its proof); {again}"
         )
     return verification
-
-
