@@ -22,7 +22,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import rows_file, run_main
+from tests.conftest import CONFIG_VARIANTS, config_bytes, rows_file, run_main
 from tests.tiny import chat_row as chat
 from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
@@ -821,3 +821,206 @@ def test_an_eval_report_is_written_together_or_not_at_all(tmp_path):
         files.write_files({out / n: "new" for n in ("replies.jsonl", "summary.json", "report.md",
                                                      "report.html")})  # fmt: skip
     assert snapshot(tmp_path) == before
+
+
+# --- Config edits that keep every other byte, local and over ssh ------------------------------
+
+
+def config_variant(real: Path, kind: str) -> bytes:
+    return config_bytes((real / "mesh-master-config.json").read_text(), kind)
+
+
+@pytest.mark.parametrize("kind", CONFIG_VARIANTS)
+@pytest.mark.parametrize("symlinked", [False, True], ids=["file", "symlink"])
+def test_local_deploy_changes_only_the_ollama_model_bytes_of_the_config(
+    proved, real, cli, monkeypatch, tmp_path, kind, symlinked
+):
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    target = tmp_path / "mm" / "config.json"
+    target.parent.mkdir()
+    before = config_variant(real, kind)
+    target.write_bytes(before)
+    config = target
+    if symlinked:
+        config = tmp_path / "config-link.json"
+        config.symlink_to(target)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    assert target.read_bytes() == before.replace(b'"llama3.2:1b"', b'"mesh-bot"')
+    assert config.is_symlink() == symlinked
+    (backup,) = target.parent.glob("config.json.*.bak")
+    assert backup.read_bytes() == before
+
+
+@pytest.fixture
+def knowledge_run(proved, real) -> Path:
+    """A proved run carrying the knowledge file its model was trained with (issue 20)."""
+    shutil.copy(real / "mesh-master-meshtastic-knowledge.txt", proved / "meshtastic_knowledge.txt")
+    return proved
+
+
+def test_local_deploy_installs_the_runs_knowledge_file_and_points_the_config_at_it(
+    knowledge_run, real, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = tmp_path / "mm" / "config.json"
+    config.parent.mkdir()
+    before = config_variant(real, "crlf")
+    config.write_bytes(before)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    installed = config.parent / "meshtastic_knowledge.mesh-bot.txt"
+    assert installed.read_bytes() == (knowledge_run / "meshtastic_knowledge.txt").read_bytes()
+    key = json.dumps(str(installed)).encode()
+    want = before.replace(b'"llama3.2:1b"', b'"mesh-bot"').replace(
+        b"{\r\n  ", b'{\r\n  "meshtastic_knowledge_file": ' + key + b",\r\n  ", 1
+    )
+    assert config.read_bytes() == want
+    assert "installed the run's knowledge file" in r.out
+
+
+def test_a_failed_ollama_create_leaves_config_and_knowledge_file_as_they_were(
+    knowledge_run, config, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin", exit_code=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert one_line_error(r) and "ollama create failed" in r.err, r.err
+    assert snapshot(config.parent) == before
+
+
+def test_local_deploy_refuses_a_config_that_is_a_fifo_without_blocking(
+    proved, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", fifo)
+    assert one_line_error(r) and "is a FIFO" in r.err, r.err
+    assert fifo.is_fifo() and not (tmp_path / "bin" / "calls.jsonl").exists()
+
+
+# --- Deploy ships only what was proven -------------------------------------------------------
+
+
+def test_deploy_dry_run_without_to_runs_nothing_and_changes_nothing(
+    knowledge_run, config, cli, monkeypatch, tmp_path
+):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config,
+            "--dry-run")  # fmt: skip
+    assert r.code == 0, r.err
+    assert not log.exists() and snapshot(config.parent) == before
+    assert "dry run" in r.out and "ollama create mesh-bot" in r.out
+    assert "set ollama_model and meshtastic_knowledge_file in" in r.out
+
+
+def test_local_deploy_without_ollama_changes_nothing_and_says_how_to_finish_on_the_pi(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    before = snapshot(config.parent)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    assert snapshot(config.parent) == before  # ollama_model never names a model not created
+    assert "nothing was changed" in r.out and "ollama create mesh-bot -f" in r.out
+    assert f"set ollama_model in {config}" in r.out and "deploy --to" in r.out
+
+
+def test_local_deploy_refuses_the_name_of_the_model_the_bot_runs(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", proved, "--name", "llama3.2", "--mesh-master-config", config)
+    assert r.code == 0  # another name: fine
+    config.write_bytes(before["config.json"][1])
+    for p in config.parent.glob("*.bak"):
+        p.unlink()
+    log.unlink()
+    config.write_text(config.read_text().replace('"llama3.2:1b"', '"mesh-bot"'))
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert one_line_error(r) and "already 'mesh-bot'" in r.err and "new --name" in r.err
+    assert not log.exists() and not list(config.parent.glob("*.bak"))
+
+
+MODELFILE_EDITS = {
+    "a_second_template": ('TEMPLATE """{{ .Prompt }}"""\n', "E309"),
+    "a_second_system_naming_send": ('SYSTEM """Use /send to reach anyone."""\n', "E309"),
+    "a_stop_that_is_a_common_word": ('PARAMETER stop "the"\n', "E310"),
+    "num_predict_abc": ("PARAMETER num_predict abc\n", "E303"),
+    "an_unknown_parameter": ("PARAMETER temprature 0.2\n", "E302"),
+    "num_ctx_beyond_the_model": ("PARAMETER num_ctx 65536\n", "E311"),
+}
+
+
+@pytest.mark.parametrize("edit", MODELFILE_EDITS)
+def test_a_modelfile_edited_after_verify_fails_check_verify_and_deploy(
+    proved, cli, monkeypatch, tmp_path, edit
+):
+    line, code = MODELFILE_EDITS[edit]
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with (proved / "Modelfile").open("a") as f:
+        f.write(line)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--force")
+    assert one_line_error(r) and "not the Modelfile verify.json proved" in r.err, r.err
+    r = cli("modelfile", "check", proved / "Modelfile")
+    assert r.code == 1 and f" {code} " in r.out, r.out
+    r = cli("verify", proved)
+    assert r.code == 1 and "FAIL    modelfile" in r.out and code in r.out, r.out + r.err
+    r = cli("deploy", proved, "--name", "mesh-bot")  # proven again: and it failed
+    assert one_line_error(r) and "verification failed (modelfile)" in r.err, r.err
+    assert not log.exists()
+
+
+def test_a_harmless_modelfile_edit_ships_once_verified_again(proved, cli, monkeypatch, tmp_path):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with (proved / "Modelfile").open("a") as f:
+        f.write("# a comment\n")
+    assert cli("deploy", proved, "--name", "mesh-bot").code == 2
+    assert cli("verify", proved).code == 0
+    assert cli("deploy", proved, "--name", "mesh-bot").code == 0 and log.exists()
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "../elsewhere.gguf", "./notes.gguf"])
+def test_modelfile_check_refuses_a_from_that_is_not_a_gguf_beside_it(cli, tmp_path, source):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (tmp_path / "elsewhere.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    (folder / "notes.gguf").write_text("not a model")
+    (folder / "Modelfile").write_text(f'FROM {source}\nPARAMETER stop "<|im_end|>"\n')
+    r = cli("modelfile", "check", folder / "Modelfile")
+    assert r.code == 1 and "E304" in r.out, r.out
+    assert ("outside the Modelfile's folder" in r.out) == (source != "./notes.gguf")
+
+
+@pytest.mark.parametrize(
+    "ok", [0, 1, "false", "true", "yes", [], {}], ids=lambda v: f"ok={json.dumps(v)}"
+)
+def test_verify_json_counts_a_check_as_passed_only_when_ok_is_true(
+    proved, cli, monkeypatch, tmp_path, ok
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    proof = json.loads((proved / "verify.json").read_text())
+    proof["checks"][0]["ok"] = ok
+    (proved / "verify.json").write_text(json.dumps(proof))
+    r = cli("deploy", proved, "--name", "mesh-bot")
+    assert one_line_error(r) and "verification failed (metadata)" in r.err, r.err
+
+
+def test_verify_json_with_no_checks_is_not_verified(proved, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    proof = json.loads((proved / "verify.json").read_text())
+    proof["checks"] = []
+    (proved / "verify.json").write_text(json.dumps(proof))
+    r = cli("deploy", proved, "--name", "mesh-bot")
+    assert one_line_error(r) and "verification failed (metadata (missing)" in r.err, r.err

@@ -407,7 +407,9 @@ def _from_problem(
     if target.parent != folder.resolve():
         return f"FROM {args} is outside the Modelfile's folder ({target})", beside
     if kind == "dir":
-        return f"FROM {args} is a folder, not a GGUF file ({target})", "FROM ./<model>.gguf"
+        # (Ollama imports a folder only when it holds Safetensors weights)
+        weights = "" if any(target.glob("*.safetensors")) else " without model weights"
+        return f"FROM {args} is a folder{weights}, not a GGUF file ({target})", "FROM ./<x>.gguf"
     try:
         with target.open("rb") as f:
             magic = f.read(4)
