@@ -1024,3 +1024,106 @@ def test_verify_json_with_no_checks_is_not_verified(proved, cli, monkeypatch, tm
     (proved / "verify.json").write_text(json.dumps(proof))
     r = cli("deploy", proved, "--name", "mesh-bot")
     assert one_line_error(r) and "verification failed (metadata (missing)" in r.err, r.err
+
+
+# --- Properties: random paths (folders, links, FIFOs, devices) at every command that writes ---
+
+
+def _hostile_folder(root: Path, real: Path) -> Path:
+    """A folder of the user's things of every kind, each a tempting output path."""
+    box = root / "box"
+    (box / "dir" / "sub").mkdir(parents=True)
+    (box / "dir" / "keep.txt").write_text("mine\n")
+    (box / "file.jsonl").write_text("mine\n")
+    shutil.copy(real / "mesh-master-config.json", box / "config.json")
+    os.mkfifo(box / "fifo")
+    for name, target in {
+        "link-dir": "dir",
+        "link-file": "file.jsonl",
+        "link-config": "config.json",
+        "link-fifo": "fifo",
+        "dangling": "dir/missing.jsonl",
+        "loop": "loop",
+    }.items():
+        (box / name).symlink_to(target)
+    return box
+
+
+HOSTILE_PATHS = st.tuples(
+    st.sampled_from(["dir", "dir/sub", "file.jsonl", "config.json", "fifo", "link-dir",
+                     "link-file", "link-config", "link-fifo", "dangling", "loop", "new.jsonl",
+                     ".", "..", "/dev/null", "/dev/zero"]),
+    st.sampled_from(["", "/", "/.", "/..", "/new.jsonl", "/dir"]),
+).map("".join)  # fmt: skip
+
+
+def _only_the_target_changed(before: dict, after: dict, box: Path, target: str) -> bool:
+    """Every entry that was there is unchanged, except the one regular file the path names."""
+    written = os.path.realpath(box / target)
+    changed = [k for k in before if after.get(k) != before[k]]
+    return all(os.path.realpath(box.parent / k) == written for k in changed)
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_paths_at_data_convert(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("convert")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(4)])
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("data", "convert", data, target)
+    finally:
+        os.chdir(cwd)
+    after = snapshot(root)
+    assert _outcome_is_allowed(code, err), err
+    assert _only_the_target_changed(before, after, box, target), (target, err)
+    if code == 0:
+        assert Path(os.path.realpath(box / target)).is_file()
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_out_dirs_at_data_split(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("split")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(6)], name="new.jsonl")
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("data", "split", data, "--out-dir", target)
+    finally:
+        os.chdir(cwd)
+    assert _outcome_is_allowed(code, err), err
+    assert [k for k in before if snapshot(root).get(k) != before[k]] == []  # only new files
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_config_paths_at_deploy(tmp_path_factory, real, stopper, target):
+    root = tmp_path_factory.mktemp("deploy")
+    box = _hostile_folder(root, real)
+    run = root / "run"
+    shutil.copytree(stopper[0], run)
+    log = stand_in_ollama(root / "bin")
+    before = snapshot(root)
+    cwd, path = os.getcwd(), os.environ["PATH"]
+    os.chdir(box)
+    os.environ["PATH"] = str(root / "bin")
+    try:
+        code, _, err = run_main("deploy", run, "--name", "mesh-bot", "--mesh-master-config",
+                                target)  # fmt: skip
+    finally:
+        os.chdir(cwd)
+        os.environ["PATH"] = path
+    after = snapshot(root)
+    assert _outcome_is_allowed(code, err), err
+    assert _only_the_target_changed(before, after, box, target), (target, err)
+    if code != 0:
+        assert not log.exists() or "ollama create" in err
+    assert temps(root) == []
