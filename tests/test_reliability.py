@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -678,8 +679,8 @@ def snapshot(folder: Path) -> dict[str, tuple[str, bytes | str]]:
         name = str(p.relative_to(folder))
         if p.is_symlink():
             out[name] = ("link", os.readlink(p))
-        elif p.is_fifo():
-            out[name] = ("fifo", b"")
+        elif p.is_fifo() or p.is_char_device():
+            out[name] = ("fifo" if p.is_fifo() else "device", b"")
         elif p.is_dir():
             out[name] = ("dir", b"")
         else:
@@ -738,10 +739,22 @@ def test_data_convert_to_a_fifo_is_refused_without_blocking_and_the_fifo_kept(
     assert fifo.is_fifo()
 
 
-def test_data_convert_to_a_device_is_refused_and_the_device_kept(cli, data_file):
-    r = cli("data", "convert", data_file, "/dev/null")
+def device(folder: Path) -> Path:
+    """A character device to aim at: a private copy of /dev/null where this user may make one
+    (as root, a test run against code with the bug must not replace the real /dev/null)."""
+    path = folder / "null"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        return Path("/dev/null")  # not root: it cannot be replaced either
+    return path
+
+
+def test_data_convert_to_a_device_is_refused_and_the_device_kept(cli, tmp_path, data_file):
+    null = device(tmp_path)
+    r = cli("data", "convert", data_file, null)
     assert one_line_error(r) and "is a character device" in r.err, r.err
-    assert Path("/dev/null").is_char_device()
+    assert null.is_char_device()
 
 
 def test_data_convert_to_a_symlink_to_a_folder_is_refused_and_both_kept(
@@ -1037,6 +1050,7 @@ def _hostile_folder(root: Path, real: Path) -> Path:
     (box / "file.jsonl").write_text("mine\n")
     shutil.copy(real / "mesh-master-config.json", box / "config.json")
     os.mkfifo(box / "fifo")
+    device(box)
     for name, target in {
         "link-dir": "dir",
         "link-file": "file.jsonl",
@@ -1052,7 +1066,7 @@ def _hostile_folder(root: Path, real: Path) -> Path:
 HOSTILE_PATHS = st.tuples(
     st.sampled_from(["dir", "dir/sub", "file.jsonl", "config.json", "fifo", "link-dir",
                      "link-file", "link-config", "link-fifo", "dangling", "loop", "new.jsonl",
-                     ".", "..", "/dev/null", "/dev/zero"]),
+                     ".", "..", "null"]),
     st.sampled_from(["", "/", "/.", "/..", "/new.jsonl", "/dir"]),
 ).map("".join)  # fmt: skip
 
