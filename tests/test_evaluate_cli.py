@@ -4,11 +4,14 @@ llama.cpp: the verdict and exit code, the report files, gate overrides, compare,
 import json
 
 import pytest
-from tests.conftest import rows_file
+from tests.conftest import REPO, rows_file
 from tests.tiny import write_summary
 
 from meshtune import models
-from meshtune.evaluate import evaluate
+from meshtune.evaluate import evaluate, load_result
+from meshtune.suites import load_suite
+
+EVAL = REPO / "data" / "eval" / "mesh_eval.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,7 @@ def test_cli_gate_override_can_make_it_ready(cli, tmp_path):
                 "max_loop_rate",
                 "max_runaway_rate",
                 "max_invented_command_rate",
+                "max_wrong_command_rate",
                 "max_command_dump_rate",
                 "max_canned_rate",
                 "max_p90_chars",
@@ -180,3 +184,110 @@ def test_run_dir_with_gguf_is_evaluated_through_llamacpp_with_the_runs_system_pr
     assert result.summary["backend"] == "llamacpp"
     assert result.summary["system_prompt"] == "You are a terse mesh bot."
     assert (run / "eval" / "x" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- eval --replies
+
+JUDGED = REPO.parent / "shared" / "judged" / "mesh-suite-tuned-135m-sample0.jsonl"
+FIVE = ("relay-01", "commands-36", "radio-19", "roles-13", "greetings-10")  # one per kind of check
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def five_items(tmp_path_factory, tiny_llama):
+    """Five `mesh` items as a suite file, and a tiny random model's replies to them (two
+    samples each, under the bot's request and options)."""
+    folder = tmp_path_factory.mktemp("five")
+    lines = [line for line in EVAL.read_text().splitlines() if json.loads(line)["id"] in FIVE]
+    suite = folder / "five.jsonl"
+    suite.write_text("\n".join(lines) + "\n")
+    evaluate(str(tiny_llama), str(suite), backend="hf", samples=2, out=folder / "model")
+    return suite, folder / "model"
+
+
+def test_replies_scored_without_a_model_get_the_model_evals_verdicts(cli, five_items, tmp_path):
+    suite, model = five_items
+    r = cli("eval", "--replies", model / "replies.jsonl", "--suite", suite, "--out", tmp_path)
+    assert r.code == 1 and "NOT READY" in r.out
+    keys = ("item", "reply", "finish_reason", "passed", "failures", "reasons", "canned")
+    given, scored = read_rows(model / "replies.jsonl"), read_rows(tmp_path / "replies.jsonl")
+    assert [r["item"] for r in given] == [i for i in FIVE for _ in range(2)]
+    assert [{k: r[k] for k in keys} for r in scored] == [{k: r[k] for k in keys} for r in given]
+    a, b = json.loads((model / "summary.json").read_text()), load_result(tmp_path).summary
+    for key in ("pass_rate", "failures", "categories", "invented_command_rate", "chars"):
+        assert a[key] == b[key], key
+    assert a["gate"]["verdict"] == b["gate"]["verdict"]
+
+
+def test_replies_keep_the_files_order_and_a_failed_reply_says_what_failed(cli, tmp_path):
+    suite = {i.id: i for i in load_suite("mesh").items}
+    given = [
+        ("relay-01", suite["relay-01"].bad),
+        ("commands-36", suite["commands-36"].good),
+        ("relay-01", "DM /save vk3z your note."),
+        ("relay-01", suite["relay-01"].good),
+    ]
+    replies = rows_file(tmp_path, [{"item": i, "reply": t} for i, t in given], "r.jsonl")
+    r = cli("eval", "--replies", replies, "--suite", "mesh", "--out", tmp_path / "o")
+    assert r.code == 1
+    rows = read_rows(tmp_path / "o" / "replies.jsonl")
+    assert [(r["item"], r["reply"]) for r in rows] == given
+    assert [r["sample"] for r in rows] == [0, 0, 1, 2]
+    assert [r["passed"] for r in rows] == [False, True, False, True]
+    assert rows[2]["failures"] == ["wrong-command", "missing-required"]
+    assert rows[2]["reasons"] == [
+        "names /save, not a command for this question (a right answer names no command)",
+        "misses the answer: the DM form 'VK3Z <message>' (shortname first, no slash)",
+    ]
+    md = (tmp_path / "o" / "report.md").read_text()
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert rows[0]["reasons"][0] == "invents /relay: the bot has no such command"
+    assert "invents /relay: the bot has no such command; misses the answer: the DM form" in md
+    assert "invents /relay: the bot has no such command; misses the answer: the DM form" in html
+
+
+def test_the_judged_replies_score_through_the_cli_as_through_calibration(cli, tmp_path):
+    r = cli("eval", "--replies", JUDGED, "--suite", "mesh", "--out", tmp_path)
+    assert r.code == 1 and r.out.splitlines()[-2] == "NOT READY"
+    given, rows = read_rows(JUDGED), read_rows(tmp_path / "replies.jsonl")
+    assert [(g["item"], g["reply"]) for g in given] == [(r["item"], r["reply"]) for r in rows]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    report = json.loads((REPO / "reports" / "calibration.json").read_text())
+    assert s["replies"] == 201 and sum(r["passed"] for r in rows) == report["passed"]
+    assert s["wrong_command_rate"] > 0 and s["wrong_commands"]  # counted apart from invented
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"item": "relay-01"}', "r.jsonl:2: 'reply' must be a string"),
+        ('{"item": "nope", "reply": "hi"}', "r.jsonl:2: 'item' 'nope' is not an item of"),
+        ('{"item": ["relay-01"], "reply": "hi"}', "r.jsonl:2: 'item' ['relay-01'] is not an"),
+        ("[1, 2]", "r.jsonl:2: not a JSON object"),
+        ("{not json", "r.jsonl:2: invalid JSON"),
+        ('{"item": "relay-01", "reply": "x", "finish_reason": "eos"}', "must be stop or length"),
+    ],
+)
+def test_a_bad_replies_line_is_a_one_line_error_and_nothing_is_written(
+    cli, tmp_path, line, message
+):
+    replies = rows_file(tmp_path, [{"item": "relay-01", "reply": "hi"}, line], "r.jsonl")
+    r = cli("eval", "--replies", replies, "--suite", "mesh", "--out", tmp_path / "o")
+    assert r.code == 2 and message in r.err and len(r.err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_replies_file_is_an_error(cli, tmp_path):
+    replies = rows_file(tmp_path, [], "r.jsonl")
+    r = cli("eval", "--replies", replies, "--out", tmp_path / "o")
+    assert r.code == 2 and "no replies; write one JSON object per line" in r.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_replies_with_a_model_is_refused(cli, tmp_path):
+    replies = rows_file(tmp_path, [{"item": "relay-01", "reply": "hi"}], "r.jsonl")
+    r = cli("eval", "smollm2-135m", "--replies", replies, "--out", tmp_path / "o")
+    assert r.code == 2 and "give no MODEL" in r.err

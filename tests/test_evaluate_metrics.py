@@ -234,3 +234,86 @@ def test_rates_count_replies():
     s = metrics.summarize(rows)
     assert s["loop_rate"] == 0.25 and s["invented_command_rate"] == 0.25
     assert s["runaway_rate"] == 0.25 and s["invented_commands"] == {"/sms": 1}
+
+
+OPTOUT = Item(
+    id="block",
+    prompt="i keep getting relayed messages from strangers, how do i block that",
+    expect_any=["/optout"],
+    allow_commands=["/optout", "/optin"],
+)
+
+
+def test_a_real_command_the_item_does_not_allow_is_a_wrong_command_not_an_invented_one():
+    m = measure("DM /optout, or /nodes to see who it was.", item=OPTOUT)
+    assert m["wrong_commands"] == ["/nodes"] and m["invented_commands"] == []
+    assert m["failures"] == ["wrong-command"]
+    assert m["reasons"] == [
+        "names /nodes, not a command for this question (a right answer names /optout, /optin)"
+    ]
+    m = measure("DM /optout or /blockall.", item=OPTOUT)
+    assert m["invented_commands"] == ["/blockall"] and m["wrong_commands"] == []
+    assert m["failures"] == ["invented-command"]
+    assert measure("DM me /optout; /optin undoes it.", item=OPTOUT)["passed"]
+    # an item that sets no allow_commands (a user's own suite) checks invented commands only
+    assert measure("Use /nodes to see alice, then DM me 'alice hi'.")["wrong_commands"] == []
+
+
+def test_a_relay_item_that_allows_no_command_fails_the_slash_form_and_says_so():
+    relay = Item(id="r", prompt="how do i get a note to VK3Z?", allow_commands=[])
+    m = measure("DM me /vk3z back by 5.", item=relay)
+    assert m["failures"] == ["wrong-command"] and m["invented_commands"] == []
+    assert m["reasons"] == [
+        "names /vk3z, not a command for this question (a right answer names no command)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        ("Yes, the default key is public.", "yes"),
+        ("Sure thing: /weather.", "yes"),
+        ("Good pick: nRF52 boards sip power.", "yes"),
+        ("No. Both must match.", "no"),
+        ("Nope.", "no"),
+        ("It can't, sorry.", "no"),
+        ("Usually not: 7 hops floods the mesh.", "no"),
+        ("'Not really', I'd say.", "no"),
+        ("Nothing happens.", None),
+        ("Node lists show it.", None),
+        ("The T-Beam has GPS.", None),
+    ],
+)
+def test_the_stance_is_read_from_the_replys_opening_words(reply, said):
+    assert metrics.stance(reply) == said
+
+
+def test_a_yes_no_item_fails_the_opposite_answer_and_a_reply_that_gives_none():
+    item = Item(id="q", prompt="is the default channel private?", stance="no")
+    assert measure("No: its key AQ== is public.", item=item)["passed"]
+    for reply, said in (
+        ("Yes, it's encrypted.", "yes"),
+        ("The key is AQ==.", "neither yes nor no"),
+    ):
+        m = measure(reply, item=item)
+        assert m["failures"] == ["wrong-stance"]
+        assert m["reasons"] == [f"answers {said}; the right answer is no"]
+
+
+def test_every_failure_has_a_sentence_naming_what_failed():
+    item = Item(
+        id="x",
+        prompt="snr -9 on longfast ok?",
+        expect_all=["re:17\\.5", "floor"],
+        forbid=["re:\\bweak\\b"],
+        max_chars=40,
+    )
+    reply = "That's weak, it sits just above the floor of the preset you use."
+    m = measure(reply, item=item)
+    assert m["failures"] == ["missing-required", "forbidden", "too-long"]
+    assert m["reasons"] == [
+        "misses the answer: needs 17.5",
+        "says 'weak', which is false or banned for this question",
+        f"{len(reply)} characters, over the item's 40",
+    ]
+    assert measure("", item=item)["reasons"][0] == "the reply is empty"

@@ -93,6 +93,8 @@ def test_defaults_and_messages_items(tmp_path):
         ),
         (json.dumps({**GOOD, "expect_any": "alice"}), "'expect_any'"),
         (json.dumps({**GOOD, "max_chars": 0}), "'max_chars'"),
+        (json.dumps({**GOOD, "allow_commands": ["optout"]}), "write it as /name"),
+        (json.dumps({**GOOD, "stance": "maybe"}), "'stance'"),
     ],
 )
 def test_bad_lines_are_reported_with_file_and_line(tmp_path, line, message):
@@ -196,6 +198,7 @@ def _summary(**over) -> dict:
         "loop_rate": 0.0,
         "runaway_rate": 0.0,
         "invented_command_rate": 0.0,
+        "wrong_command_rate": 0.0,
         "command_dump_rate": 0.0,
         "canned_rate": 0.0,
         "pass_rate": 0.8,
@@ -229,6 +232,22 @@ def test_default_gate_passes_a_good_summary_and_names_each_failure():
     assert not v.ready and v.label == "NOT READY"
     assert [c.name for c in v.failing] == ["loops", "p90 length", "median length", "item pass rate"]
     assert v.failing[0].examples == [ROW]
+
+
+def test_a_real_command_for_the_wrong_job_is_its_own_gate_criterion_apart_from_invented():
+    wrong = {**ROW, "failures": ["wrong-command"], "loop": None, "wrong_commands": ["/save"]}
+    wrong["reasons"] = [
+        "names /save, not a command for this question (a right answer names no command)"
+    ]
+    v = judge(_summary(wrong_command_rate=0.05), [wrong], GateConfig())
+    assert [c.name for c in v.failing] == ["wrong commands"]
+    assert v.failing[0].limit == "<= 0.02"
+    assert v.to_dict()["criteria"][3]["examples"][0]["reasons"] == wrong["reasons"]
+    assert judge(_summary(wrong_command_rate=0.02), [wrong], GateConfig()).ready
+    # a report written before the rate was measured is judged on what it has
+    old = _summary()
+    del old["wrong_command_rate"]
+    assert "wrong commands" not in [c.name for c in judge(old, [], GateConfig()).criteria]
 
 
 def test_gate_yaml_overrides_thresholds_and_null_switches_one_off(tmp_path):

@@ -28,6 +28,7 @@ from meshtune.errors import MeshtuneError
 from meshtune.export import config_edit, gguf, modelfile, proof
 from meshtune.export.gguf import llama as gguf_llama
 from meshtune.meshmaster import OPTIONS
+from meshtune.meshmaster.knowledge import OWN_KNOWLEDGE
 from meshtune.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +85,13 @@ def test_export_writes_merged_folder_gguf_modelfile_and_deploy_note(chatml):
     assert "ollama create tiny -f Modelfile" in deploy
     assert '"ollama_model": "tiny",' in deploy
     assert "override the Modelfile" in deploy and "num_predict 80" in deploy
+    assert "Modelfile meshtastic_knowledge.txt pi@" in deploy  # copied with the model
+    assert '"ollama_num_ctx": 2048' in deploy
+    knowledge = run / "meshtastic_knowledge.txt"
+    assert knowledge.read_bytes() == OWN_KNOWLEDGE.read_bytes()
     info = json.loads((run / "export.json").read_text())
     assert info["gguf"] == "tiny-F32.gguf" and info["verified"] is False
+    assert info["knowledge"] == "meshtastic_knowledge.txt"
     assert f"wrote {run / 'merged'}" in out
 
 
@@ -312,7 +318,7 @@ def test_verify_of_a_run_never_exported_says_to_export(cli, tmp_path):
 # Deploy (Ollama cannot run here: a stand-in executable records its arguments)
 
 
-def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_ollama_model(
+def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_the_deploy_keys(
     stopper, real, tmp_path, monkeypatch, cli
 ):
     run, *_ = stopper
@@ -326,12 +332,11 @@ def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_ollama_mo
     (call,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert call["argv"] == ["create", "mesh-bot", "-f", str((run / "Modelfile").resolve())]
     assert Path(call["cwd"]) == run.resolve()
-    changed = [
-        (a, b)
-        for a, b in zip(original.splitlines(), config.read_text().splitlines(), strict=True)
-        if a != b
-    ]
-    assert changed == [('  "ollama_model": "llama3.2:1b",', '  "ollama_model": "mesh-bot",')]
+    installed = tmp_path / "meshtastic_knowledge.mesh-bot.txt"  # the run's knowledge file
+    assert installed.read_bytes() == (run / "meshtastic_knowledge.txt").read_bytes()
+    assert config.read_text() == original.replace('"llama3.2:1b"', '"mesh-bot"').replace(
+        "{\n", "{\n  " + f'"meshtastic_knowledge_file": {json.dumps(str(installed))},\n', 1
+    )
     (backup,) = tmp_path.glob("config.json.*.bak")
     assert backup.read_text() == original
     assert "ran: ollama create mesh-bot" in r.out

@@ -848,6 +848,7 @@ def config_variant(real: Path, kind: str) -> bytes:
 def test_local_deploy_changes_only_the_ollama_model_bytes_of_the_config(
     proved, real, cli, monkeypatch, tmp_path, kind, symlinked
 ):
+    (proved / "meshtastic_knowledge.txt").unlink(missing_ok=True)  # only ollama_model to set
     stand_in_ollama(tmp_path / "bin")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     target = tmp_path / "mm" / "config.json"
@@ -943,7 +944,8 @@ def test_local_deploy_without_ollama_changes_nothing_and_says_how_to_finish_on_t
     assert r.code == 0, r.err
     assert snapshot(config.parent) == before  # ollama_model never names a model not created
     assert "nothing was changed" in r.out and "ollama create mesh-bot -f" in r.out
-    assert f"set ollama_model in {config}" in r.out and "deploy --to" in r.out
+    assert f"set ollama_model and meshtastic_knowledge_file in {config}" in r.out
+    assert "deploy --to" in r.out
 
 
 def test_local_deploy_refuses_the_name_of_the_model_the_bot_runs(

@@ -144,12 +144,26 @@ def test_the_eval_suite_has_150_items_with_the_suite_keys_and_a_good_and_bad_rep
     keys = {"id", "category", "expect_any", "expect_all", "forbid", "max_chars", "good", "bad"}
     for item in items:
         assert keys <= item.keys() and ("prompt" in item) != ("messages" in item), item["id"]
-        assert set(item) - keys <= {"prompt", "messages", "channel"}
+        assert set(item) - keys <= {
+            "prompt",
+            "messages",
+            "channel",
+            "allow_commands",
+            "stance",
+            "need",
+        }
         assert item.get("channel", True) is True, item["id"]
     assert len({i["id"] for i in items}) == len(items)
 
 
-ITEM_CHECKS = {"missing-expected", "missing-required", "forbidden", "too-long"}
+ITEM_CHECKS = {
+    "missing-expected",
+    "missing-required",
+    "wrong-command",
+    "wrong-stance",
+    "forbidden",
+    "too-long",
+}
 
 
 @pytest.mark.parametrize("item", load_suite(str(EVAL)).items, ids=lambda i: i.id)

@@ -97,7 +97,8 @@ def render(reply: Reply, name: str, chunk_bytes: int = meshmaster.CHUNK_BYTES) -
         lines.append(
             Text(
                 f"  PROMPT TOO LONG: {reply.prompt_tokens} tokens + {reply.cap} for the reply "
-                f"exceed the bot's num_ctx {reply.num_ctx}; Ollama would cut the prompt "
+                f"exceed the bot's num_ctx {reply.num_ctx}; Ollama cuts the prompt to its "
+                "first tokens and its tail, and the reply above answers what it left "
                 "(/reset starts over)",
                 style="bold red",
             )

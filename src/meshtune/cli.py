@@ -13,9 +13,10 @@ from typing import Annotated, Any
 import typer
 
 from meshtune import data as data_mod
-from meshtune.commands import load_registry
+from meshtune.commands import Registry, load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
+from meshtune.models import EMBEDDED_ALIASES
 from meshtune.rundir import PipelineResult, RunDir, TrainSummary
 
 app = typer.Typer(
@@ -279,25 +280,135 @@ def prompt_cmd(
         bool, typer.Option("--channel", help="The message was sent on a channel, not as a DM.")
     ] = False,
     model: Annotated[
-        str | None, typer.Option(help="Model name in the body (default: the config's).")
+        str | None,
+        typer.Option(
+            help="Model name in the body (default: the config's). A local model (run "
+            "directory, model folder, .gguf, 'smollm2-135m') also counts the prompt's tokens "
+            "and shows, on stderr, what survives Ollama's cut at the config's num_ctx."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the /api/generate body the bot posts.")
     ] = False,
+    knowledge: Annotated[
+        Path | None,
+        typer.Option(
+            help="The bot's Meshtastic knowledge file, for /meshtastic and reference mode "
+            "(default: the config's meshtastic_knowledge_file, next to the config)."
+        ),
+    ] = None,
+    at: Annotated[
+        float | None,
+        typer.Option(help="When MESSAGE is sent, in seconds, against the history's `at` times."),
+    ] = None,
 ) -> None:
     """Show exactly what Mesh Master sends its model for MESSAGE: the prompt string (Ollama
-    renders it as the user turn), or with --json the whole request body."""
+    renders it as the user turn), or with --json the whole request body. A /meshtastic
+    question nothing matches prints the bot's own reply (no model is called)."""
     from meshtune import meshmaster
 
     config = meshmaster.load_config(mesh_master_config, personas)
     lines = meshmaster.load_history(history) if history else []
+    kb = None
+    if meshmaster.uses_knowledge(message, lines, sender, channel, config, at):
+        kb = meshmaster.open_knowledge(knowledge, config)
     request = meshmaster.build_request(
-        message, config, persona=persona, history=lines, sender=sender, bot=bot, channel=channel
+        message,
+        config,
+        persona=persona,
+        history=lines,
+        sender=sender,
+        bot=bot,
+        channel=channel,
+        knowledge=kb,
+        now=at,
     )
+    if request.reply is not None:
+        _echo_json({"reply": request.reply}) if as_json else typer.echo(request.reply)
+        return
     if as_json:
         _echo_json(request.body(model or config.model))
     else:
         typer.echo(request.prompt)
+    if model is not None and (Path(model).exists() or model in EMBEDDED_ALIASES):
+        _echo_model_view(model, request.prompt, config.num_ctx)
+
+
+def _local_tokenizer(model: str) -> tuple[Any, str, str]:
+    """A local model's tokenizer, deployment system prompt and label."""
+    from transformers import AutoTokenizer
+
+    from meshtune import models, rundir
+    from meshtune.evaluate.backends import resolve_model
+
+    spec = resolve_model(model)
+    name = rundir.load_trained(spec.run_dir).base_model if spec.run_dir else spec.hf_name
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(str(name)).folder)
+    return tokenizer, spec.system_prompt, spec.label
+
+
+def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
+    """The prompt's tokens for a local model and what Ollama leaves of them, on stderr."""
+    from meshtune.meshmaster.truncation import model_view
+
+    tokenizer, system, label = _local_tokenizer(model)
+    cut = model_view(tokenizer, system, prompt, num_ctx)
+    where = f"{cut.total} tokens with {label}'s system prompt and chat template"
+    if not cut.truncated:
+        typer.echo(f"{where}: within num_ctx {num_ctx}, the model sees it all", err=True)
+        return
+    typer.echo(
+        f"{where}: over num_ctx {num_ctx}, so Ollama cuts them to {len(cut.tokens)} (the first "
+        f"{cut.keep} and the last {len(cut.tokens) - cut.keep}); the model sees:",
+        err=True,
+    )
+    typer.echo(tokenizer.decode(cut.tokens), err=True)
+
+
+# ---------------------------------------------------------------- kb
+
+
+kb_app = typer.Typer(no_args_is_help=True, help="Measure the bot's Meshtastic knowledge path.")
+app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("check")
+def kb_check(
+    knowledge: Annotated[
+        Path | None,
+        typer.Argument(help="A knowledge file (default: the config's meshtastic_knowledge_file)."),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="A suite with /meshtastic items: a JSONL file, or knowledge.")
+    ] = "knowledge",
+    mesh_master_config: MeshConfigOpt = None,
+    num_ctx: Annotated[
+        int | None, typer.Option(help="Ollama's context (default: the config's ollama_num_ctx).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="The local model whose tokenizer and system prompt count.")
+    ] = "smollm2-135m",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """For each knowledge item of SUITE: does the bot's retrieval put its facts into the
+    request, and do they survive Ollama's cut at num_ctx? The hit rate, and per item the
+    titles retrieved and where each fact was found or lost."""
+    from dataclasses import replace
+
+    from meshtune import kbcheck, meshmaster
+    from meshtune.suites import load_suite
+
+    if num_ctx is not None and num_ctx < 2:
+        raise MeshtuneError(f"--num-ctx {num_ctx}: must be at least 2")
+    config = meshmaster.load_config(mesh_master_config)
+    if num_ctx is not None:
+        config = replace(config, num_ctx=num_ctx)
+    kb = meshmaster.open_knowledge(knowledge, config)
+    the_suite = load_suite(suite)
+    kbcheck.knowledge_items(the_suite)  # a suite without them fails before the model loads
+    tokenizer, system, _ = _local_tokenizer(model)
+    result = kbcheck.check(kb, the_suite, config, tokenizer, system)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
 
 # ---------------------------------------------------------------- eval
@@ -350,9 +461,17 @@ def eval_cmd(
     mesh_master_config: MeshConfigOpt = None,
     personas: PersonasOpt = None,
     persona: PersonaOpt = None,
+    replies: Annotated[
+        Path | None,
+        typer.Option(
+            help='Score given replies instead of a model: JSONL, one {"item": ID, "reply": '
+            "TEXT} a line (a report's replies.jsonl works too)."
+        ),
+    ] = None,
 ) -> None:
     """Measure the model on a suite the way Mesh Master calls it; READY (exit 0) or NOT READY
-    (exit 1), with the failing criteria and example replies."""
+    (exit 1), with the failing criteria and example replies. With --replies, the same checks
+    and gate score replies written elsewhere, with no model."""
     from meshtune.evaluate.backends import check_url
     from meshtune.meshmaster import load_config
 
@@ -378,6 +497,8 @@ def eval_cmd(
         bot=load_config(mesh_master_config, personas),
         persona=persona,
     )
+    if replies is not None:
+        _eval_replies(replies, model, compare, suite, out, gate, opts["registry"])
     if compare:
         _eval_compare(*compare, suite, profile, out, opts)
     if model is None:
@@ -389,6 +510,46 @@ def eval_cmd(
         result = ev.evaluate(model, suite, out=folder, progress=progress, **opts)
     from meshtune.evaluate.report import render_verdict
 
+    typer.echo(render_verdict(result))
+    _warn_over_num_ctx(result.summary)
+    typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
+    raise typer.Exit(0 if result.ready else 1)
+
+
+def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
+    over = summary.get("over_num_ctx") or {}
+    if over.get("items"):
+        n, num_ctx = len(over["items"]), over["num_ctx"]
+        seen = (
+            "the replies answer what it leaves"
+            if summary["backend"] in ("llamacpp", "ollama")
+            else f"this {summary['backend']} backend saw the whole prompt"
+        )
+        typer.echo(
+            f"warning: {n} of {summary.get('items', '?')} prompts exceed num_ctx {num_ctx} (up to "
+            f"{max(over['items'].values())} tokens); Ollama keeps their first tokens and the "
+            f"tail, about half the context; {seen}",
+            err=True,
+        )
+
+
+def _eval_replies(
+    replies: Path,
+    model: str | None,
+    compare: tuple[str, str] | None,
+    suite: str,
+    out: Path | None,
+    gate: Path | None,
+    registry: Registry,
+) -> None:
+    """`eval --replies FILE`: the given replies judged like a model's; exit 0 if READY."""
+    from meshtune import evaluate as ev
+    from meshtune.evaluate.report import render_verdict
+
+    if model is not None or compare:
+        raise MeshtuneError("--replies scores a file's replies: give no MODEL and no --compare")
+    folder = out or Path("out/eval") / _slug(f"{replies.stem}-{Path(suite).stem}-replies")
+    result = ev.score_replies(replies, suite, out=folder, gate=gate, registry=registry)
     typer.echo(render_verdict(result))
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)

@@ -2,7 +2,8 @@
 
 The dataset stores plain conversations; a recipe's `mesh_master:` key renders a share of them
 at load time through the one prompt builder (meshmaster.chat_prompt), deterministically from
-the seed, so the model is trained on the exact request the bot sends:
+the seed, so the model is trained on the exact request the bot sends, as Ollama cuts it to the
+config's num_ctx (meshmaster.truncation):
 
     [system: deployment prompt] [user: the bot's prompt string] [assistant: the last reply]
 
@@ -18,6 +19,9 @@ from pathlib import Path
 from meshtune import meshmaster
 from meshtune.data import Conversation, Message
 from meshtune.recipe import MeshMasterRequests
+
+# The rendered row's num_ctx: training cuts its prompt as Ollama will (train.examples).
+NUM_CTX_KEY = "num_ctx"
 
 
 def renderable(conv: Conversation) -> bool:
@@ -64,6 +68,6 @@ def render(
             channel=conv.channel,
         )
         messages = (Message("user", prompt), conv.messages[-1])
-        meta = {**conv.meta, "persona": persona, "sender": sender}
+        meta = {**conv.meta, "persona": persona, "sender": sender, NUM_CTX_KEY: config.num_ctx}
         out.append(replace(conv, messages=messages, meta=meta))
     return out

@@ -73,12 +73,13 @@ class RunDir:
         return self.path / "Modelfile"
 
     @property
-    def deploy_note(self) -> Path:
-        return self.path / "DEPLOY.md"
+    def knowledge(self) -> Path:
+        """The Meshtastic knowledge file for the bot's /meshtastic with this model."""
+        return self.path / "meshtastic_knowledge.txt"
 
     @property
-    def knowledge(self) -> Path:
-        return self.path / "meshtastic_knowledge.txt"
+    def deploy_note(self) -> Path:
+        return self.path / "DEPLOY.md"
 
     @property
     def export_info(self) -> Path:
@@ -199,6 +200,7 @@ class ExportInfo(_Record):
     name: str = ""
     quant: str = ""
     gguf: str = ""  # file name, beside the Modelfile
+    knowledge: str = ""  # the Meshtastic knowledge file's name, beside the Modelfile
     gguf_bytes: int = 0
     merged_bytes: int = 0
     family: str = ""

@@ -12,8 +12,16 @@ keys hold a correct reply and a plausible wrong one: the shipped suite's tests p
 every item's checks accept the first and reject the second. Unknown keys are errors, so a typo
 such as `forbidd` cannot silently pass.
 
-Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets) and
-`mesh` (the repository's data/eval/mesh_eval.jsonl).
+Optional keys make an item check the answer rather than its vocabulary (and `forbid` also
+holds the item's known false claims):
+    "allow_commands": ["/optout"]  the commands a right answer may name ([] for none); any other
+                                   command, real or not, fails the reply (unset: not checked)
+    "stance": "yes" | "no"         a yes/no question: the reply must open with that answer
+    "need": "..."                  the expected answer in words, for a reply that misses it
+
+Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets),
+`mesh` (the repository's data/eval/mesh_eval.jsonl) and `knowledge`
+(data/eval/knowledge_eval.jsonl: `/meshtastic` items for `meshtune kb check`).
 """
 
 import json
@@ -35,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = {
     "quick": "meshtune/assets/quick_eval.jsonl",
     "mesh": "data/eval/mesh_eval.jsonl",
+    "knowledge": "data/eval/knowledge_eval.jsonl",  # /meshtastic items, for `kb check`
 }
 
 
@@ -71,6 +80,9 @@ class Item(BaseModel):
     forbid: tuple[str, ...] = ()
     max_chars: int = Field(default=DEFAULT_MAX_CHARS, gt=0)
     channel: bool = False  # asked on a channel (the bot's `/ai` request), not in a DM
+    allow_commands: tuple[str, ...] | None = None  # canonical names; None: not checked
+    stance: Literal["yes", "no"] | None = None  # the answer to a yes/no question
+    need: str | None = Field(default=None, min_length=1)  # the expected answer, in words
     good: str | None = Field(default=None, min_length=1)  # a reply the checks must accept
     bad: str | None = Field(default=None, min_length=1)  # a plausible reply they must reject
 
@@ -86,6 +98,9 @@ class Item(BaseModel):
                 check_pattern(check)
             except re.error as e:
                 raise ValueError(f"check {check!r} is not a valid regular expression ({e})") from e
+        for name in self.allow_commands or ():
+            if not re.fullmatch(r"/[\w+]+", name):
+                raise ValueError(f"allow_commands: {name!r} is not a command; write it as /name")
         return self
 
     @model_validator(mode="after")
@@ -165,13 +180,19 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(name, str(path), items)
 
 
-def parse_item(line: str, where: str) -> Item:
+def json_object(line: str, where: str) -> dict:
+    """One JSONL line that must hold a JSON object; anything else is a `where:` error."""
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as e:
         raise MeshtuneError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix it") from e
     if not isinstance(raw, dict):
         raise MeshtuneError(f"{where}: not a JSON object; write one object per line")
+    return raw
+
+
+def parse_item(line: str, where: str) -> Item:
+    raw = json_object(line, where)
     try:
         return Item.model_validate(raw)
     except ValidationError as e:

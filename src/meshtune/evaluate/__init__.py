@@ -2,6 +2,7 @@
 really calls the model.
 
     evaluate(model, suite="mesh")   -> EvalResult (summary, every reply, READY / NOT READY)
+    score_replies(file, suite)      -> EvalResult for given replies (no model, same checks)
     compare(a, b, suite="mesh")     -> Comparison (per-category deltas, improved / regressed)
 
 A suite (suite.py) is turned into requests by a profile (profiles.py), sent through a backend
@@ -12,6 +13,7 @@ A suite (suite.py) is turned into requests by a profile (profiles.py), sent thro
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,16 +28,16 @@ from meshtune.evaluate import metrics
 from meshtune.evaluate.backends import (
     Backend,
     Generation,
-    ModelSpec,
     open_backend,
     resolve_model,
 )
 from meshtune.evaluate.gate import GateConfig, Verdict, judge, load_gate
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
+from meshtune.files import read_text
 from meshtune.meshmaster import SHIPPED, BotConfig
-from meshtune.suites import Item, Suite, load_suite
+from meshtune.suites import Item, Suite, json_object, load_suite
 
-__all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result"]
+__all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result", "score_replies"]
 
 DEFAULT_SAMPLES = 3
 Progress = Callable[[int, int], None]
@@ -95,14 +97,87 @@ def evaluate(
     finally:
         engine.close()
     wall = time.perf_counter() - start
-    metrics.mark_canned(rows)
     first = ask(the_suite.items[0])
-    summary = {
-        **_run_info(spec, the_suite, prof.name, prof.options, n, seed, wall),
+    info = {
+        **_run_info(spec.name, spec.label, spec.backend, the_suite, prof.name, n, wall),
+        "model_file": str(spec.gguf or spec.hf_name or spec.name),
+        "adapter": str(spec.adapter) if spec.adapter else None,
+        "options": prof.options,
+        "system_prompt": spec.system_prompt,
+        "seeds": [seed + s for s in range(n)],
         **({"mesh_master": ask.describe()} if prof.mesh_master_prompt else {}),
         "request_example": first.messages,  # exactly what the first item sent
-        **metrics.summarize(rows, generation),
+        **_over_num_ctx(rows, prof.options.get("num_ctx")),
     }
+    return _judged(info, rows, gate_cfg, out, generation)
+
+
+def score_replies(
+    replies: str | Path,
+    suite: str | Suite = "mesh",
+    out: str | Path | None = None,
+    gate: str | Path | GateConfig | None = None,
+    registry: Registry | None = None,
+) -> EvalResult:
+    """Judge given replies (JSONL, one `{"item": ID, "reply": TEXT}` a line; an optional
+    `finish_reason` "length" marks a reply that ran into the token limit) with no model: the
+    same per-reply checks, summary and gate as `evaluate`, rows in the file's order."""
+    the_suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    gate_cfg = gate if isinstance(gate, GateConfig) else load_gate(gate)
+    registry = registry or load_registry()
+    given = read_replies(Path(replies), the_suite)
+    start = time.perf_counter()
+    rows, samples = [], Counter()
+    for item, gen in given:
+        rows.append(_row(item, samples[item.id], None, gen, registry))
+        samples[item.id] += 1
+    wall = time.perf_counter() - start
+    most = max(samples.values())
+    info = {
+        **_run_info(str(replies), "replies", "replies", the_suite, "replies", most, wall),
+        "options": {},
+        "system_prompt": None,
+    }
+    return _judged(info, rows, gate_cfg, out)
+
+
+def read_replies(path: Path, suite: Suite) -> list[tuple[Item, Generation]]:
+    """A replies file, every line checked before anything is scored. Other keys are ignored,
+    so a judged file or a report's replies.jsonl reads as it is."""
+    items = {i.id: i for i in suite.items}
+    given = []
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        raw = json_object(line, where)
+        item, reply = raw.get("item"), raw.get("reply")
+        finish = raw.get("finish_reason") or "stop"
+        if not isinstance(item, str) or item not in items:
+            raise MeshtuneError(
+                f"{where}: 'item' {item!r} is not an item of the suite '{suite.name}'; "
+                "give the id of the item the reply answers"
+            )
+        if not isinstance(reply, str):
+            raise MeshtuneError(f"{where}: 'reply' must be a string (the reply's text)")
+        if finish not in ("stop", "length"):
+            raise MeshtuneError(f"{where}: 'finish_reason' {finish!r} must be stop or length")
+        given.append((items[item], Generation(reply, finish, None, None, 0.0)))
+    if not given:
+        raise MeshtuneError(f"{path}: no replies; write one JSON object per line")
+    return given
+
+
+def _judged(
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    gate_cfg: GateConfig,
+    out: str | Path | None,
+    generation_s: float | None = None,
+) -> EvalResult:
+    """The suite-level numbers and the gate's verdict on measured rows; the report with `out`."""
+    metrics.mark_canned(rows)
+    summary = {**info, **metrics.summarize(rows, generation_s)}
     verdict = judge(summary, rows, gate_cfg)
     summary["gate"] = verdict.to_dict()
     summary["gate_config"] = gate_cfg.model_dump()
@@ -182,7 +257,9 @@ def _run(
     return [row for i in range(len(suite.items)) for row in results[i]]
 
 
-def _row(item: Item, sample: int, seed: int, gen: Generation, registry: Registry) -> dict:
+def _row(
+    item: Item, sample: int, seed: int | None, gen: Generation, registry: Registry
+) -> dict[str, Any]:
     return {
         "item": item.id,
         "category": item.category,
@@ -197,13 +274,22 @@ def _row(item: Item, sample: int, seed: int, gen: Generation, registry: Registry
     }
 
 
+def _over_num_ctx(rows: list[dict], num_ctx: int | None) -> dict[str, Any]:
+    """The items whose prompt Ollama would cut at the request's num_ctx (it sends whole only
+    num_ctx - 1 tokens); the llamacpp backend answered what the cut leaves."""
+    if num_ctx is None:
+        return {}
+    over = {r["item"]: r["prompt_tokens"] for r in rows if (r["prompt_tokens"] or 0) >= num_ctx}
+    return {"over_num_ctx": {"num_ctx": num_ctx, "items": over}}
+
+
 def _run_info(
-    spec: ModelSpec,
+    model: str,
+    label: str,
+    backend: str,
     suite: Suite,
     profile: str,
-    options: dict[str, Any],
     samples: int,
-    seed: int,
     wall: float,
 ) -> dict[str, Any]:
     try:
@@ -213,18 +299,13 @@ def _run_info(
     return {
         "meshtune_version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": spec.name,
-        "label": spec.label,
-        "backend": spec.backend,
-        "model_file": str(spec.gguf or spec.hf_name or spec.name),
-        "adapter": str(spec.adapter) if spec.adapter else None,
+        "model": model,
+        "label": label,
+        "backend": backend,
         "profile": profile,
-        "options": options,
-        "system_prompt": spec.system_prompt,
         "suite": suite.name,
         "suite_path": suite.path,
         "samples": samples,
-        "seeds": [seed + s for s in range(samples)],
         "wall_s": round(wall, 1),
     }
 

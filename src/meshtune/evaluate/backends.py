@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from meshtune import models, rundir
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
+from meshtune.meshmaster.truncation import ollama_cut, shift_discard
 from meshtune.ollama import REPEAT_LAST_N, Sampling
 from meshtune.rundir import RunDir
 
@@ -246,9 +247,14 @@ class LlamaCppBackend:
 
     def _generate(self, lane: "_Lane", request: Request, seeds: list[int]) -> list[Generation]:
         C = self.C
-        prompt = self.prompt_tokens(request.messages)
+        sent = self.prompt_tokens(request.messages)
+        prompt, num_ctx, keep = self._as_ollama_cuts(request, sent)
         limit = request.profile.num_predict
-        if len(prompt) + limit * len(seeds) > self.n_ctx:
+        shifts = num_ctx is not None and len(prompt) + limit >= num_ctx
+        if shifts and len(seeds) > 1:  # a context shift moves one sequence's cells: one by one
+            return [g for seed in seeds for g in self._generate(lane, request, [seed])]
+        need = min(num_ctx, len(prompt) + limit) if shifts else len(prompt) + limit * len(seeds)
+        if need > self.n_ctx:
             raise MeshtuneError(
                 f"llama.cpp: a {len(prompt)}-token prompt and {len(seeds)} x {limit} new tokens "
                 f"do not fit the {self.n_ctx}-token context; shorten the suite item"
@@ -263,6 +269,8 @@ class LlamaCppBackend:
         finish = ["length"] * len(seeds)
         logits_at = [last] * len(seeds)  # where each sequence's next-token logits are
         seconds = [0.0] * len(seeds)  # when each sample's last token came
+        held = len(prompt)  # tokens in each live sequence's cells (they advance together)
+        moved = False  # a context shift changed the cells: the cache no longer holds a prefix
         live = list(range(len(seeds)))
         while live:
             step = []
@@ -278,21 +286,38 @@ class LlamaCppBackend:
                 seconds[s] = time.perf_counter() - start
             live = [s for s, _ in step]
             if step:
+                discard = shift_discard(held, num_ctx, keep) if shifts else 0
+                if discard:  # only one sequence runs when a shift can happen
+                    lane.shift(discard, keep, held)
+                    held, moved = held - discard, True
                 # one new token per live sequence, each at its own next position
-                lane.decode([(s, t, len(prompt) + len(tokens[s]) - 1, True) for s, t in step])
+                lane.decode([(s, t, held, True) for s, t in step])
+                held += 1
                 for i, (s, _) in enumerate(step):
                     logits_at[s] = i
-        lane.cached = prompt + tokens[0]
+        lane.cached = [] if moved else prompt + tokens[0]
         return [
             Generation(
                 self.llm.detokenize(t).decode("utf-8", errors="ignore"),
                 finish[s],
                 len(t),
-                len(prompt),
+                len(sent),
                 seconds[s],
             )
             for s, t in enumerate(tokens)
         ]
+
+    def _as_ollama_cuts(
+        self, request: Request, tokens: list[int]
+    ) -> tuple[list[int], int | None, int]:
+        """The prompt as Ollama hands it to the model at the request's num_ctx (None: no
+        num_ctx, the whole prompt), the context and the tokens a shift keeps."""
+        num_ctx = request.profile.options.get("num_ctx")
+        if num_ctx is None:
+            return tokens, None, 0
+        adds_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+        cut = ollama_cut(tokens, int(num_ctx), adds_bos)
+        return cut.tokens, int(num_ctx), cut.keep
 
     def _sampler(self, o: Sampling, seed: int) -> Any:
         """llama-cpp-python's chain (Llama._init_sampler)."""
@@ -351,6 +376,12 @@ class _Lane:
             )
         self.cached = list(prompt)
         return self.batch.batch.n_tokens - 1
+
+    def shift(self, discard: int, keep: int, held: int) -> None:
+        """llama-server's context shift on sequence 0: drop `discard` cells after the first
+        `keep` and move the rest back."""
+        self.C.llama_memory_seq_rm(self.ctx.memory, 0, keep, keep + discard)
+        self.C.llama_memory_seq_add(self.ctx.memory, 0, keep + discard, held, -discard)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Decode (sequence, token, position, want logits) entries as one batch."""

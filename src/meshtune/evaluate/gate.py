@@ -5,6 +5,7 @@ Defaults (each overridable in a small YAML file, `null` switches a criterion off
     max_loop_rate: 0.0             # "No repetitive loops"
     max_runaway_rate: 0.0          # no reply runs into num_predict without ending its turn
     max_invented_command_rate: 0.0 # "Doesn't hallucinate commands"
+    max_wrong_command_rate: 0.02   # a real command named for a job it does not do
     max_command_dump_rate: 0.02    # red flag "just listing commands instead of explaining"
     max_canned_rate: 0.02          # red flag "ignoring the question and giving a canned response"
     max_p90_chars: 200             # the guide's 200-character limit, for 9 replies in 10
@@ -16,8 +17,11 @@ shortname, a number), avoids forbidden ones, fits max_chars and shows no red fla
 sampled profile draws three replies at temperature 0.7. 0.6 asks a tuned model to get a clear
 majority of those right while leaving room for a 135M model's sampling noise; the untuned base
 stays far below it (see the README's baseline numbers).
-The two red-flag rates allow 2%: the guide names them as habits ("consistently"), and a
-question such as "what commands are there?" may deserve a short list.
+Wrong commands are counted apart from invented ones: a model that knows the registry's names
+can still send `/save` to relay or `/nodes` for every problem, and a user following it fails
+just the same. They allow 2%, as the red flags do, for an item whose allowed commands are
+drawn too narrowly. The two red-flag rates allow 2%: the guide names them as habits
+("consistently"), and a question such as "what commands are there?" may deserve a short list.
 """
 
 from collections.abc import Callable
@@ -39,6 +43,7 @@ class GateConfig(BaseModel):
     max_loop_rate: float | None = 0.0
     max_runaway_rate: float | None = 0.0
     max_invented_command_rate: float | None = 0.0
+    max_wrong_command_rate: float | None = 0.02
     max_command_dump_rate: float | None = 0.02
     max_canned_rate: float | None = 0.02
     max_p90_chars: float | None = 200
@@ -116,6 +121,7 @@ def _example(r: dict[str, Any]) -> dict[str, Any]:
         "question": r["question"],
         "reply": r["reply"],
         "failures": r["failures"],
+        "reasons": r.get("reasons", []),
     }
 
 
@@ -140,6 +146,9 @@ _RATES: tuple[tuple[str, str, str, str, Callable[[dict[str, Any]], Any]], ...] =
     ("invented commands", "max_invented_command_rate", "invented_command_rate",
      "share of replies naming a command the bot does not have",
      lambda r: r["invented_commands"]),
+    ("wrong commands", "max_wrong_command_rate", "wrong_command_rate",
+     "share of replies naming a real command the item does not allow (another job's command)",
+     lambda r: r.get("wrong_commands")),
     ("command dumps", "max_command_dump_rate", "command_dump_rate",
      "share of replies that list commands instead of answering", lambda r: r["command_dump"]),
     ("canned replies", "max_canned_rate", "canned_rate",
@@ -151,8 +160,8 @@ def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) 
     criteria: list[Criterion] = []
     for name, limit_key, key, what, flagged in _RATES:
         limit = getattr(cfg, limit_key)
-        if limit is not None:
-            value = summary[key]
+        value = summary.get(key)  # None: a report written before this rate was measured
+        if limit is not None and value is not None:
             ok = value <= limit
             bad = [] if ok else _spread([r for r in rows if flagged(r)])
             criteria.append(Criterion(name, ok, value, f"<= {limit:g}", what, bad))

@@ -2,9 +2,10 @@
 command dumps, the item's checks, speed) and across a suite (canned replies, pass rates,
 length distribution).
 
-A reply passes its item when the item's checks (expect_any, expect_all, forbid, max_chars;
-phrases match whole words, `re:` checks are regular expressions, see suite.py) hold and it
-is not empty, a loop, a runaway, an invented-command or a command-dump reply. An
+A reply passes its item when the item's checks (expect_any, expect_all, forbid, max_chars,
+allow_commands, stance; phrases match whole words, `re:` checks are regular expressions, see
+suites.py) hold and it is not empty, a loop, a runaway, an invented-command, a wrong-command
+or a command-dump reply. Each failure comes with a sentence saying what failed. An
 item's pass rate is the share of its samples that pass; the suite's pass rate is the mean of
 its items' pass rates.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from meshtune.commands import Registry
 from meshtune.data import canned_replies, normalize, percentile
 from meshtune.meshmaster import split_chunks
-from meshtune.suites import Item, matches
+from meshtune.suites import REGEX_PREFIX, Item, check_pattern, matches
 
 # Loop detector thresholds. A reply loops when any of these holds:
 LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...
@@ -38,9 +39,11 @@ FAILURES = (
     "loop",
     "runaway",
     "invented-command",
+    "wrong-command",
     "command-dump",
     "missing-expected",
     "missing-required",
+    "wrong-stance",
     "forbidden",
     "too-long",
 )
@@ -91,6 +94,100 @@ def node_names(question: str) -> set[str]:
     return {w.lower() for w in words if any(c.isdigit() for c in w) or w.isupper()}
 
 
+# How a reply opens its answer to a yes/no question ("Yes, ...", "Nope.", "It can't ...").
+_SUBJECT = r"(it|that|this|you|they|i|there|the bot|he|she)('s| is| are)?"
+_HEDGE = r"((usually|probably|generally|mostly|definitely|absolutely) )?"
+_YES_RE = re.compile(
+    rf"{_HEDGE}(yes|yeah|yep|yup|sure|correct|right|absolutely|definitely|of course|indeed|"
+    rf"(a |it'?s a )?(good|great|solid|fine) (pick|choice|idea)|worth it|"
+    rf"{_SUBJECT} (do|does|can|will|should|works?))\b",
+    re.IGNORECASE,
+)
+_NO_RE = re.compile(
+    rf"{_HEDGE}(no|nope|nah|not|never|negative|incorrect|wrong|"
+    rf"(a |it'?s a )?(bad|poor) (pick|choice|idea)|not worth it|"
+    rf"{_SUBJECT} (not|never|don't|doesn't|can't|cannot|can not|isn't|aren't|won't|"
+    rf"shouldn't|does not|do not|will not|should not))\b",
+    re.IGNORECASE,
+)
+
+
+def stance(reply: str) -> str | None:
+    """The answer the reply's first words give, "yes" or "no"; None when they give neither."""
+    opening = reply.replace("’", "'").lstrip(" \t\n\"'*-•>")
+    if _NO_RE.match(opening):
+        return "no"
+    if _YES_RE.match(opening):
+        return "yes"
+    return None
+
+
+def _shown(check: str) -> str:
+    """A check as a person reads it in a failure reason: a phrase in quotes, a pattern with
+    its word boundaries and escapes dropped (`re:\\b17\\.5` -> 17.5)."""
+    if not check.startswith(REGEX_PREFIX):
+        return f"'{check}'"
+    pattern = check.removeprefix(REGEX_PREFIX).replace(r"\b", "").replace(r"\s+", " ")
+    return re.sub(r"\\(\W)", r"\1", pattern.replace(r"\s", " "))
+
+
+def _found(check: str, reply: str) -> str:
+    """The words of the reply a (forbid) check matched."""
+    m = check_pattern(check).search(reply)
+    return m.group(0) if m else ""
+
+
+def _commands(reply: str, item: Item, registry: Registry) -> tuple[list[str], list[str]]:
+    """(invented, wrong): commands the bot does not have, and, where the item lists the
+    commands a right answer may name, every other command written as one (a real command for
+    another job, or a relay target written `/vk3z`: relay is a plain DM)."""
+    nodes = node_names(item.question)
+    invented = sorted({m.written for m in registry.unknown(reply) if m.written[1:] not in nodes})
+    if item.allow_commands is None:
+        return invented, []
+    allowed = {registry.canonical(a) or a for a in item.allow_commands}
+    named = {m.canonical or m.written: m.written for m in registry.mentions(reply)}
+    wrong = sorted(w for c, w in named.items() if w not in invented and c not in allowed)
+    return invented, wrong
+
+
+def _reasons(
+    item: Item, reply: str, failed: dict[str, Any], invented: list[str], wrong: list[str]
+) -> list[str]:
+    """One sentence per failure, saying what failed (the fact missing, the command and what
+    the item allows, the stance, the false claim)."""
+    allowed = ", ".join(item.allow_commands or ()) or "no command"
+    texts = {
+        "empty": lambda: "the reply is empty",
+        "loop": lambda: f"loops: {failed['loop']}",
+        "runaway": lambda: "ran into the token limit without ending its turn",
+        "invented-command": lambda: f"invents {', '.join(invented)}: the bot has no such command",
+        "wrong-command": lambda: (
+            f"names {', '.join(wrong)}, not a command for this question "
+            f"(a right answer names {allowed})"
+        ),
+        "command-dump": lambda: "lists commands instead of answering",
+        "missing-expected": lambda: (
+            "misses the answer: "
+            + (item.need or "needs one of " + ", ".join(_shown(c) for c in item.expect_any))
+        ),
+        "missing-required": lambda: (
+            "misses the answer: "
+            + (item.need or "needs " + ", ".join(_shown(c) for c in failed["missing_all"]))
+        ),
+        "wrong-stance": lambda: (
+            f"answers {failed['stance'] or 'neither yes nor no'}; the right answer is {item.stance}"
+        ),
+        "forbidden": lambda: (
+            "says "
+            + ", ".join(f"'{_found(c, reply)}'" for c in failed["forbidden"])
+            + ", which is false or banned for this question"
+        ),
+        "too-long": lambda: f"{len(reply)} characters, over the item's {item.max_chars}",
+    }
+    return [texts[f]() for f in FAILURES if failed[f]]
+
+
 def measure(
     text: str,
     finish_reason: str,
@@ -99,25 +196,31 @@ def measure(
     completion_tokens: int | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Every per-reply metric, and the list of failures (empty when the reply passes)."""
+    """Every per-reply metric, the failures (codes) and their reasons (sentences); both
+    empty when the reply passes."""
     reply = text.strip()
-    nodes = node_names(item.question)
-    unknown = sorted({m.written for m in registry.unknown(reply) if m.written[1:] not in nodes})
+    invented, wrong = _commands(reply, item, registry)
     loop = loop_reason(reply)
     missing_all = [s for s in item.expect_all if not matches(s, reply)]
     forbidden = [s for s in item.forbid if matches(s, reply)]
-    failures = {
+    said = stance(reply)
+    failed = {
         "empty": not reply,
-        "loop": loop is not None,
+        "loop": loop,
         "runaway": finish_reason == "length",
-        "invented-command": bool(unknown),
+        "invented-command": invented,
+        "wrong-command": wrong,
         "command-dump": registry.is_command_dump(reply),
         "missing-expected": bool(item.expect_any)
         and not any(matches(s, reply) for s in item.expect_any),
         "missing-required": bool(missing_all),
-        "forbidden": bool(forbidden),
+        "missing_all": missing_all,
+        "wrong-stance": item.stance is not None and said != item.stance,
+        "stance": said,
+        "forbidden": forbidden,
         "too-long": len(reply) > item.max_chars,
     }
+    failures = [f for f in FAILURES if failed[f]]
     tps = (
         round(completion_tokens / seconds, 1)
         if completion_tokens and seconds and seconds > 0
@@ -128,14 +231,16 @@ def measure(
         "bytes": len(reply.encode()),
         "chunks": len(split_chunks(reply)),
         "finish_reason": finish_reason,
-        "runaway": failures["runaway"],
+        "runaway": failed["runaway"],
         "loop": loop,
-        "invented_commands": unknown,
-        "command_dump": failures["command-dump"],
+        "invented_commands": invented,
+        "wrong_commands": wrong,
+        "command_dump": failed["command-dump"],
         "missing_all": missing_all,
         "forbidden": forbidden,
-        "failures": [f for f in FAILURES if failures[f]],
-        "passed": not any(failures.values()),
+        "failures": failures,
+        "reasons": _reasons(item, reply, failed, invented, wrong),
+        "passed": not failures,
         "tokens": completion_tokens,
         "latency_s": round(seconds, 3) if seconds is not None else None,
         "tokens_per_s": tps,
@@ -189,12 +294,16 @@ def summarize(rows: Sequence[dict[str, Any]], generation_s: float | None = None)
         "loop_rate": _share([r["loop"] is not None for r in rows]),
         "runaway_rate": _share([r["runaway"] for r in rows]),
         "invented_command_rate": _share([bool(r["invented_commands"]) for r in rows]),
+        "wrong_command_rate": _share([bool(r.get("wrong_commands")) for r in rows]),
         "command_dump_rate": _share([r["command_dump"] for r in rows]),
         "canned_rate": _share([r.get("canned", False) for r in rows]),
         "empty_rate": _share([not r["reply"].strip() for r in rows]),
         "failures": {f: failures[f] for f in FAILURES if failures[f]},
         "invented_commands": dict(
             Counter(c for r in rows for c in r["invented_commands"]).most_common()
+        ),
+        "wrong_commands": dict(
+            Counter(c for r in rows for c in r.get("wrong_commands", [])).most_common()
         ),
         "chars": {
             "p50": percentile(chars, 50),

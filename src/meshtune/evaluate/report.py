@@ -60,6 +60,12 @@ def _clip(text: str, n: int = CLIP) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def why(r: dict[str, Any]) -> str:
+    """What failed in a reply, in words ("passes" when nothing did); a report written before
+    replies carried reasons shows the failure codes."""
+    return "; ".join(r.get("reasons") or r["failures"]) or "passes"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -76,6 +82,7 @@ def _run_line(s: dict[str, Any]) -> str:
 def _numbers(s: dict[str, Any]) -> list[tuple[str, str]]:
     c = s["chars"]
     invented = ", ".join(f"{k} ×{v}" for k, v in list(s["invented_commands"].items())[:8])
+    wrong = ", ".join(f"{k} ×{v}" for k, v in list(s.get("wrong_commands", {}).items())[:8])
     return [
         (
             "item pass rate",
@@ -85,6 +92,7 @@ def _numbers(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("loops", _pct(s["loop_rate"])),
         ("runaways (hit num_predict)", _pct(s["runaway_rate"])),
         ("invented commands", f"{_pct(s['invented_command_rate'])} {invented}".strip()),
+        ("real commands for the wrong job", f"{_pct(s.get('wrong_command_rate'))} {wrong}".strip()),
         ("command dumps", _pct(s["command_dump_rate"])),
         ("canned replies", _pct(s["canned_rate"])),
         ("empty replies", _pct(s["empty_rate"])),
@@ -165,7 +173,7 @@ def render_markdown(result: "EvalResult") -> str:
         for r in c.examples:
             lines.append(
                 f"- `{r['item']}` #{r['sample']} “{_md(_clip(r['question'], 80))}” -> "
-                f"“{_md(_clip(r['reply']))}” [{', '.join(r['failures']) or 'passes'}]"
+                f"“{_md(_clip(r['reply']))}” [{_md(why(r))}]"
             )
     lines += ["", "## Numbers", "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {k} | {_md(val)} |" for k, val in _numbers(s)]
@@ -184,13 +192,13 @@ def render_markdown(result: "EvalResult") -> str:
         for kind in ("worst", "typical"):
             r = w[kind]
             lines.append(
-                f"  - {kind}: “{_md(_clip(r['reply']))}” ({r['chars']} chars; "
-                f"{', '.join(r['failures']) or 'passes'})"
+                f"  - {kind}: “{_md(_clip(r['reply']))}” ({r['chars']} chars; {_md(why(r))})"
             )
     lines += ["", "## Definitions", "", _thresholds(), ""]
     lines += [
-        "A reply passes its item when expect_any / expect_all / forbid / max_chars hold and it "
-        "is not empty, a loop, a runaway, an invented-command or a command-dump reply.",
+        "A reply passes its item when expect_any / expect_all / forbid / max_chars / "
+        "allow_commands / stance hold and it is not empty, a loop, a runaway, an "
+        "invented-command, a wrong-command or a command-dump reply.",
         "",
     ]
     return "\n".join(lines)
@@ -370,12 +378,13 @@ def render_html(result: "EvalResult") -> str:
             r = w[kind]
             cells.append(
                 f"<td><div class='reply'>{e(_clip(r['reply'], 600))}</div><small>{r['chars']} "
-                f"chars; {e(', '.join(r['failures']) or 'passes')}</small></td>"
+                f"chars; {e(why(r))}</small></td>"
             )
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table><h2>Definitions</h2>")
     parts.append(f"<p>{e(_thresholds())}</p>")
-    parts.append(f"<p><small>System prompt: {e(s['system_prompt'])}</small></p>")
+    system = s["system_prompt"] or "none (replies scored without a model)"
+    parts.append(f"<p><small>System prompt: {e(system)}</small></p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -448,12 +457,12 @@ def render_comparison_html(comp: "Comparison") -> str:
 
 def _reply_table(rows: list[dict[str, Any]]) -> str:
     e = html.escape
-    out = ["<table><tr><th>item</th><th>question</th><th>reply</th><th>failures</th></tr>"]
+    out = ["<table><tr><th>item</th><th>question</th><th>reply</th><th>what failed</th></tr>"]
     for r in rows:
         out.append(
             f"<tr><td>{e(r['item'])} #{r['sample']}</td><td>{e(r['question'])}</td>"
             f"<td><div class='reply'>{e(_clip(r['reply'], 600))}</div></td>"
-            f"<td>{e(', '.join(r['failures']))}</td></tr>"
+            f"<td>{e(why(r))}</td></tr>"
         )
     out.append("</table>")
     return "\n".join(out)

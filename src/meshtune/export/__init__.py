@@ -6,6 +6,7 @@
                          stops, SYSTEM, sampling
     RUN/verify.json      the proof: metadata, tokens, TEMPLATE, logits,   proof.py
                          stopping
+    RUN/meshtastic_knowledge.txt  meshtune's knowledge file for the bot's /meshtastic
     RUN/DEPLOY.md        the ollama create command and the Mesh Master config change
     RUN/export.json      what was written, with time and peak memory (rundir.ExportInfo)
 
@@ -26,8 +27,9 @@ from meshtune.export.deploy import check_name, default_name
 from meshtune.export.gguf import QUANTS, write_gguf
 from meshtune.export.merge import merge
 from meshtune.export.proof import verify
-from meshtune.files import remove_stale_temps, write_text
+from meshtune.files import read_text, remove_stale_temps, write_text
 from meshtune.meshmaster import OPTIONS
+from meshtune.meshmaster.knowledge import OWN_KNOWLEDGE
 from meshtune.rundir import ExportInfo, RunDir, Verification, load_trained
 
 __all__ = ["QUANTS", "check_name", "export", "verify"]
@@ -73,11 +75,13 @@ def export(
         parameters,
         trained.system_prompt,
     )
+    write_text(run.knowledge, read_text(OWN_KNOWLEDGE))
     info = ExportInfo(
         run=str(run.path),
         name=name,
         quant=quant,
         gguf=gguf_name,
+        knowledge=run.knowledge.name,
         gguf_bytes=(run.path / gguf_name).stat().st_size,
         merged_bytes=sum(p.stat().st_size for p in run.merged.glob("*.safetensors")),
         family=family,
@@ -144,9 +148,12 @@ Verification {status}:
 
 {checks}
 
-## 1. Copy both files to the Pi, into one folder
+## 1. Copy the files to the Pi, into one folder
 
-    scp {info.gguf} Modelfile pi@<your-pi>:~/{info.name}/
+    scp {info.gguf} Modelfile {info.knowledge} pi@<your-pi>:~/{info.name}/
+
+`{info.knowledge}` is meshtune's Meshtastic knowledge file, written for the bot's
+`/meshtastic` retrieval; point the config's `meshtastic_knowledge_file` at it (its full path).
 
 ## 2. Create the Ollama model (in that folder: FROM is relative to the Modelfile)
 
@@ -174,4 +181,14 @@ Modelfile's PARAMETER values:
 The Modelfile's sampling values apply only to clients that send none (`ollama run`, other
 tools); its TEMPLATE, SYSTEM and stop tokens always apply. Judge the model under the bot's
 values: `meshtune eval {info.run} --profile meshmaster`.
+
+## Set ollama_num_ctx to 2048
+
+Ollama cuts a prompt longer than num_ctx - 1 tokens to its first 4 tokens and its tail, about
+half the context. A `/meshtastic` request is 820-1,180 tokens with this knowledge file and
+1,750-2,020 with the bot's shipped one (SmolLM2's tokenizer, meshtune's knowledge suite); the
+shipped config's `"ollama_num_ctx": 1024` leaves any longer one 514 tokens, losing the
+instructions and the first excerpts. At 2048 every request of the suite arrives whole
+(`meshtune kb check {info.knowledge} --num-ctx 2048`), for a larger KV cache. Set
+`"ollama_num_ctx": 2048` in config.json.
 """

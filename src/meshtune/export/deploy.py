@@ -117,7 +117,8 @@ def _ollama_create(binary: str, command: list[str], folder: Path) -> None:
 def knowledge_target(config: Path, name: str) -> Path:
     """Where a run's knowledge file is installed: beside the config (a symlink's target), under
     the model's name, so a later deploy never overwrites the file a running model uses."""
-    return config.resolve().parent / f"meshtastic_knowledge.{name}.txt"
+    config = output_file(config, "Mesh Master's config.json")  # no folder, FIFO or link loop
+    return config.absolute().parent / f"meshtastic_knowledge.{name}.txt"
 
 
 def _needs_install(source: Path, target: Path) -> bool:

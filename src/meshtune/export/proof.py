@@ -15,7 +15,8 @@ from meshtune.errors import MeshtuneError
 from meshtune.export import modelfile
 from meshtune.export.merge import THREADS, torch_threads
 from meshtune.files import read_json
-from meshtune.meshmaster import OPTIONS, build_prompt
+from meshtune.meshmaster import OPTIONS, SHIPPED, build_prompt
+from meshtune.meshmaster.truncation import ollama_cut
 from meshtune.rundir import Check, ExportInfo, RunDir, Verification
 from meshtune.suites import load_suite
 
@@ -134,17 +135,19 @@ def _llama_cpp_checks(
     gguf_path: Path, merged: Path, tokenizer: Any, c: _Chats, template: str, quant: str
 ) -> list[Check]:
     """metadata, tokens, template, logits and stops, in that order."""
-    # Stopping as deployed: llama.cpp's default settings, as Ollama runs it.
-    n_ctx = max(map(len, c.ids[: c.quick])) + c.limit + 8
-    llm = _llama(gguf_path, n_ctx=n_ctx)
-    stops = _check_stops(llm, tokenizer, c.chats[: c.quick], c.ids[: c.quick], c.eot, c.limit)
+    # Stopping as deployed: llama.cpp's default settings, as Ollama runs it, on what Ollama
+    # leaves of each prompt at the bot's shipped num_ctx.
+    bos = chat.adds_bos(tokenizer)
+    seen = [ollama_cut(ids, SHIPPED.num_ctx, bos).tokens for ids in c.ids[: c.quick]]
+    llm = _llama(gguf_path, n_ctx=max(map(len, seen)) + c.limit + 8)
+    stops = _check_stops(llm, tokenizer, c.chats[: c.quick], seen, c.eot, c.limit)
     del llm
     # Logits on every chat, the quick prompts with their greedy replies (where top-1 decides
     # what the bot says).
     replies = [r["ids"][:REPLY_POSITIONS] for r in stops.data["replies"]]
-    sequences = [ids + r for ids, r in zip(c.ids[: c.quick], replies, strict=True)]
+    sequences = [ids + r for ids, r in zip(seen, replies, strict=True)]
     sequences += c.ids[c.quick :]
-    prompt_lengths = [len(ids) for ids in c.ids]
+    prompt_lengths = [len(ids) for ids in seen + c.ids[c.quick :]]
     with tempfile.TemporaryDirectory() as tmp:
         # transformers first, its logits parked on disk, so the merged model and the GGUF are
         # never in memory together.

@@ -1,12 +1,15 @@
 """The recipe's conversations, split and tokenized: what every later stage trains on."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from meshtune import chat, data
+from meshtune.chat import IGNORE
 from meshtune.errors import MeshtuneError
+from meshtune.meshmaster.truncation import cut_trained_row
 from meshtune.recipe import Recipe
-from meshtune.rendering import render
+from meshtune.rendering import NUM_CTX_KEY, render
 
 
 def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conversation]]:
@@ -31,13 +34,25 @@ def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conv
 def encode_all(
     tokenizer: Any, convs: Sequence[data.Conversation], recipe: Recipe, source: str
 ) -> list[chat.Encoded]:
-    return [
-        chat.encode(
+    adds_bos = chat.adds_bos(tokenizer)
+    out = []
+    for c in convs:
+        num_ctx = c.meta.get(NUM_CTX_KEY)  # set on rows rendered as the bot's request
+        enc = chat.encode(
             tokenizer,
             chat.with_system(c, recipe.system_prompt),
-            recipe.sequence_len,
+            None if num_ctx else recipe.sequence_len,
             c.line,
             source,
         )
-        for c in convs
-    ]
+        if num_ctx:  # train on what Ollama leaves of the request
+            ids, labels = cut_trained_row(enc.input_ids, enc.labels, num_ctx, adds_bos, IGNORE)
+            if len(ids) > recipe.sequence_len:
+                raise MeshtuneError(
+                    f"{source}:{c.line}: the bot's request and reply are {len(ids)} tokens even "
+                    f"as Ollama cuts them (num_ctx {num_ctx}), longer than sequence_len "
+                    f"{recipe.sequence_len}; raise sequence_len"
+                )
+            enc = replace(enc, input_ids=ids, labels=labels)
+        out.append(enc)
+    return out
