@@ -1,3 +1,4 @@
+import codecs
 import contextlib
 import io
 import json
@@ -25,6 +26,22 @@ def real() -> Path:
     """The Mesh Master project's published files (../shared/real), read as real inputs."""
     assert SHARED_REAL.is_dir(), f"{SHARED_REAL} is missing: tests read real files from it"
     return SHARED_REAL
+
+
+CONFIG_VARIANTS = ["crlf", "latin-1", "bom", "crlf-latin-1-bom"]
+
+
+def config_bytes(text: str, kind: str) -> bytes:
+    """A Mesh Master config.json as the probe found them on Pis: CRLF line endings, Latin-1
+    (a value with é; its few non-Latin-1 marks become "?"), a UTF-8 BOM, or all three."""
+    latin = text.replace('"llama3.2:1b",', '"llama3.2:1b",\n  "motd": "Caf\u00e9 \u00e0 la mesh",')
+    crlf = lambda t: t.replace("\n", "\r\n")  # noqa: E731
+    return {
+        "crlf": crlf(text).encode(),
+        "latin-1": latin.encode("latin-1", "replace"),
+        "bom": codecs.BOM_UTF8 + text.encode(),
+        "crlf-latin-1-bom": codecs.BOM_UTF8 + crlf(latin).encode("latin-1", "replace"),
+    }[kind]
 
 
 def rows_file(tmp_path: Path, rows: list, name: str = "chats.jsonl") -> Path:

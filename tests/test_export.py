@@ -25,7 +25,7 @@ from tests.tiny import (
 
 from meshtune import export, ollama
 from meshtune.errors import MeshtuneError
-from meshtune.export import deploy, gguf, modelfile, proof
+from meshtune.export import config_edit, gguf, modelfile, proof
 from meshtune.export.gguf import llama as gguf_llama
 from meshtune.meshmaster import OPTIONS
 from meshtune.meshmaster.knowledge import OWN_KNOWLEDGE
@@ -318,7 +318,7 @@ def test_verify_of_a_run_never_exported_says_to_export(cli, tmp_path):
 # Deploy (Ollama cannot run here: a stand-in executable records its arguments)
 
 
-def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_ollama_model(
+def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_the_deploy_keys(
     stopper, real, tmp_path, monkeypatch, cli
 ):
     run, *_ = stopper
@@ -332,12 +332,11 @@ def test_deploy_with_a_stand_in_ollama_creates_the_model_and_sets_only_ollama_mo
     (call,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert call["argv"] == ["create", "mesh-bot", "-f", str((run / "Modelfile").resolve())]
     assert Path(call["cwd"]) == run.resolve()
-    changed = [
-        (a, b)
-        for a, b in zip(original.splitlines(), config.read_text().splitlines(), strict=True)
-        if a != b
-    ]
-    assert changed == [('  "ollama_model": "llama3.2:1b",', '  "ollama_model": "mesh-bot",')]
+    installed = tmp_path / "meshtastic_knowledge.mesh-bot.txt"  # the run's knowledge file
+    assert installed.read_bytes() == (run / "meshtastic_knowledge.txt").read_bytes()
+    assert config.read_text() == original.replace('"llama3.2:1b"', '"mesh-bot"').replace(
+        "{\n", "{\n  " + f'"meshtastic_knowledge_file": {json.dumps(str(installed))},\n', 1
+    )
     (backup,) = tmp_path.glob("config.json.*.bak")
     assert backup.read_text() == original
     assert "ran: ollama create mesh-bot" in r.out
@@ -369,7 +368,7 @@ def test_deploy_refuses_a_run_that_failed_verification_unless_forced(chatml, tmp
 def test_ollama_model_is_added_when_the_config_has_none(tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{\n    "chunk_size": 160,\n    "x": {"ollama_model": "nested"}\n}\n')
-    deploy.set_ollama_model(config, "mesh-bot")
+    config.write_bytes(config_edit.edit(config.read_bytes(), {"ollama_model": "mesh-bot"}, "c"))
     assert config.read_text() == (
         '{\n    "ollama_model": "mesh-bot",\n    "chunk_size": 160,\n'
         '    "x": {"ollama_model": "nested"}\n}\n'
@@ -380,7 +379,7 @@ def test_a_config_that_is_not_json_is_left_alone(tmp_path):
     config = tmp_path / "config.json"
     config.write_text("{not json")
     with pytest.raises(MeshtuneError, match="not readable JSON"):
-        deploy.set_ollama_model(config, "mesh-bot")
+        config_edit.plan_config_edit(config, "mesh-bot")
     assert config.read_text() == "{not json" and not list(tmp_path.glob("*.bak"))
 
 

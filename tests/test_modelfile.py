@@ -203,9 +203,9 @@ def test_check_flags_parameters_ollama_rejects_or_ignores(tmp_path):
         "PARAMETER num_predict -1\n"
     )
     findings = modelfile.check(path)
-    assert codes(findings) == ["E302", "E303", "W304", "W305", "W301", "W302", "E304"]
-    assert [f.line for f in findings[:4]] == [2, 3, 4, 5]
-    assert "not a model llama.cpp can load" in findings[-1].message  # FROM is an empty file
+    assert codes(findings) == ["E304", "E302", "E303", "W304", "W305", "W301", "W302"]
+    assert [f.line for f in findings[1:5]] == [2, 3, 4, 5]
+    assert "not a model llama.cpp can load" in findings[0].message  # FROM is an empty file
 
 
 def test_a_file_ollama_cannot_parse_is_one_finding(tmp_path):

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -24,11 +25,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import rows_file, run_main
+from tests.conftest import CONFIG_VARIANTS, config_bytes, rows_file, run_main
 from tests.tiny import chat_row as chat
 from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
 from meshtune import export, files
+from meshtune.errors import MeshtuneError
 from meshtune.export.gguf import write_gguf
 
 
@@ -297,7 +299,8 @@ def test_two_deploys_in_the_same_second_keep_both_backups_and_the_original_model
 
     monkeypatch.setattr(export, "datetime", _SameSecond, raising=False)
     monkeypatch.setattr(files_mod, "datetime", _SameSecond, raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     original = config.read_text()
     for name in ("bot-one", "bot-two"):
         assert cli("deploy", proved, "--name", name, "--mesh-master-config", config).code == 0
@@ -309,7 +312,8 @@ def test_two_deploys_in_the_same_second_keep_both_backups_and_the_original_model
 
 
 def test_deploy_edits_the_target_of_a_symlinked_config(proved, config, cli, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     link = tmp_path / "config-link.json"
     link.symlink_to(config)
     r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", link)
@@ -1180,3 +1184,481 @@ def test_property_random_bytes_at_the_base_model_loader(tmp_path_factory, conten
     finally:
         del os.environ["MESHTUNE_CACHE"]
     assert files.remove_stale_temps(folder / "cache" / "models") == []
+
+
+# =============================================================================================
+# Issue 22, items 1-3: writes that cannot destroy, config edits that keep every other byte,
+# deploy ships only what was proven. One test per case of the second hostile probe.
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, bytes | str]]:
+    """Every entry under `folder` (links not followed): its kind and its bytes or target."""
+    out: dict[str, tuple[str, bytes | str]] = {}
+    for p in sorted(folder.rglob("*")):
+        name = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[name] = ("link", os.readlink(p))
+        elif p.is_fifo() or p.is_char_device():
+            out[name] = ("fifo" if p.is_fifo() else "device", b"")
+        elif p.is_dir():
+            out[name] = ("dir", b"")
+        else:
+            out[name] = ("file", p.read_bytes())
+    return out
+
+
+@pytest.fixture
+def exports(tmp_path) -> Path:
+    """A folder of the user's own files, the probe's target."""
+    folder = tmp_path / "exports"
+    (folder / "older").mkdir(parents=True)
+    (folder / "README.txt").write_text("mine\n")
+    (folder / "older" / "run.jsonl").write_text("{}\n")
+    return folder
+
+
+def test_data_convert_to_an_existing_folder_is_refused_and_the_folder_kept(
+    cli, tmp_path, data_file, exports
+):
+    before = snapshot(tmp_path)
+    for target in (exports, f"{exports}/", f"{exports}/."):
+        r = cli("data", "convert", data_file, target)
+        assert one_line_error(r) and "is a folder, not a file" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_dot_dot_keeps_the_parent_folder(cli, tmp_path, data_file, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = snapshot(tmp_path)
+    r = cli("data", "convert", data_file, "..")
+    assert one_line_error(r) and "is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_the_current_folder_with_a_slash_keeps_it(
+    cli, tmp_path, data_file, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    for target in (".", f"{tmp_path}/"):
+        r = cli("data", "convert", data_file, target)
+        assert one_line_error(r) and "is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_to_a_fifo_is_refused_without_blocking_and_the_fifo_kept(
+    cli, tmp_path, data_file
+):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    r = cli("data", "convert", data_file, fifo)
+    assert one_line_error(r) and "is a FIFO, not a file" in r.err, r.err
+    assert fifo.is_fifo()
+
+
+def device(folder: Path) -> Path:
+    """A character device to aim at: a private copy of /dev/null where this user may make one
+    (as root, a test run against code with the bug must not replace the real /dev/null)."""
+    path = folder / "null"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        return Path("/dev/null")  # not root: it cannot be replaced either
+    return path
+
+
+def test_data_convert_to_a_device_is_refused_and_the_device_kept(cli, tmp_path, data_file):
+    null = device(tmp_path)
+    r = cli("data", "convert", data_file, null)
+    assert one_line_error(r) and "is a character device" in r.err, r.err
+    assert null.is_char_device()
+
+
+def test_data_convert_to_a_symlink_to_a_folder_is_refused_and_both_kept(
+    cli, tmp_path, data_file, exports
+):
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(exports)
+    before = snapshot(tmp_path)
+    r = cli("data", "convert", data_file, link)
+    assert one_line_error(r) and f"is a folder ({exports})" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_convert_through_a_symlink_writes_its_target_and_keeps_the_link(
+    cli, tmp_path, data_file
+):
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target.name)
+    r = cli("data", "convert", data_file, link)
+    assert r.code == 0, r.err
+    assert link.is_symlink() and os.readlink(link) == "real.jsonl"
+    assert len(target.read_text().splitlines()) == 6 and (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_data_split_refuses_a_folder_named_like_its_output_and_writes_neither_file(
+    cli, tmp_path, data_file
+):
+    (tmp_path / "chats.eval.jsonl").mkdir()
+    (tmp_path / "chats.eval.jsonl" / "keep.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    assert one_line_error(r) and "chats.eval.jsonl: is a folder" in r.err, r.err
+    assert snapshot(tmp_path) == before  # no chats.train.jsonl either
+
+
+def test_data_split_refuses_two_outputs_that_are_one_file(cli, tmp_path, data_file):
+    (tmp_path / "both.jsonl").write_text("mine\n")
+    for side in ("train", "eval"):
+        (tmp_path / f"chats.{side}.jsonl").symlink_to("both.jsonl")
+    before = snapshot(tmp_path)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    assert one_line_error(r) and "the same file" in r.err, r.err
+    assert snapshot(tmp_path) == before
+
+
+def test_data_split_replaces_both_files_or_neither_when_the_second_rename_fails(
+    cli, tmp_path, data_file, monkeypatch
+):
+    for side in ("train", "eval"):
+        (tmp_path / f"chats.{side}.jsonl").write_text(f"old {side}\n")
+    before = snapshot(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):  # a fault injected into the second rename
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace_then_fail)
+    r = cli("data", "split", data_file, "--eval-fraction", "0.3")
+    monkeypatch.undo()
+    assert one_line_error(r) and "No space left on device" in r.err, r.err
+    assert snapshot(tmp_path) == before  # the first file put back, no temp file left
+
+
+def test_an_eval_report_is_written_together_or_not_at_all(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "report.html").mkdir()  # the last of the four cannot be written
+    before = snapshot(tmp_path)
+    with pytest.raises(MeshtuneError, match=r"report\.html: is a folder"):
+        files.write_files({out / n: "new" for n in ("replies.jsonl", "summary.json", "report.md",
+                                                     "report.html")})  # fmt: skip
+    assert snapshot(tmp_path) == before
+
+
+# --- Config edits that keep every other byte, local and over ssh ------------------------------
+
+
+def config_variant(real: Path, kind: str) -> bytes:
+    return config_bytes((real / "mesh-master-config.json").read_text(), kind)
+
+
+@pytest.mark.parametrize("kind", CONFIG_VARIANTS)
+@pytest.mark.parametrize("symlinked", [False, True], ids=["file", "symlink"])
+def test_local_deploy_changes_only_the_ollama_model_bytes_of_the_config(
+    proved, real, cli, monkeypatch, tmp_path, kind, symlinked
+):
+    (proved / "meshtastic_knowledge.txt").unlink(missing_ok=True)  # only ollama_model to set
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    target = tmp_path / "mm" / "config.json"
+    target.parent.mkdir()
+    before = config_variant(real, kind)
+    target.write_bytes(before)
+    config = target
+    if symlinked:
+        config = tmp_path / "config-link.json"
+        config.symlink_to(target)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    assert target.read_bytes() == before.replace(b'"llama3.2:1b"', b'"mesh-bot"')
+    assert config.is_symlink() == symlinked
+    (backup,) = target.parent.glob("config.json.*.bak")
+    assert backup.read_bytes() == before
+
+
+@pytest.fixture
+def knowledge_run(proved, real) -> Path:
+    """A proved run carrying the knowledge file its model was trained with (issue 20)."""
+    shutil.copy(real / "mesh-master-meshtastic-knowledge.txt", proved / "meshtastic_knowledge.txt")
+    return proved
+
+
+def test_local_deploy_installs_the_runs_knowledge_file_and_points_the_config_at_it(
+    knowledge_run, real, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    config = tmp_path / "mm" / "config.json"
+    config.parent.mkdir()
+    before = config_variant(real, "crlf")
+    config.write_bytes(before)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    installed = config.parent / "meshtastic_knowledge.mesh-bot.txt"
+    assert installed.read_bytes() == (knowledge_run / "meshtastic_knowledge.txt").read_bytes()
+    key = json.dumps(str(installed)).encode()
+    want = before.replace(b'"llama3.2:1b"', b'"mesh-bot"').replace(
+        b"{\r\n  ", b'{\r\n  "meshtastic_knowledge_file": ' + key + b",\r\n  ", 1
+    )
+    assert config.read_bytes() == want
+    assert "installed the run's knowledge file" in r.out
+
+
+def test_a_failed_ollama_create_leaves_config_and_knowledge_file_as_they_were(
+    knowledge_run, config, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin", exit_code=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert one_line_error(r) and "ollama create failed" in r.err, r.err
+    assert snapshot(config.parent) == before
+
+
+def test_local_deploy_refuses_a_config_that_is_a_fifo_without_blocking(
+    proved, cli, monkeypatch, tmp_path
+):
+    stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", fifo)
+    assert one_line_error(r) and "is a FIFO" in r.err, r.err
+    assert fifo.is_fifo() and not (tmp_path / "bin" / "calls.jsonl").exists()
+
+
+# --- Deploy ships only what was proven -------------------------------------------------------
+
+
+def test_deploy_dry_run_without_to_runs_nothing_and_changes_nothing(
+    knowledge_run, config, cli, monkeypatch, tmp_path
+):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", knowledge_run, "--name", "mesh-bot", "--mesh-master-config", config,
+            "--dry-run")  # fmt: skip
+    assert r.code == 0, r.err
+    assert not log.exists() and snapshot(config.parent) == before
+    assert "dry run" in r.out and "ollama create mesh-bot" in r.out
+    assert "set ollama_model and meshtastic_knowledge_file in" in r.out
+
+
+def test_local_deploy_without_ollama_changes_nothing_and_says_how_to_finish_on_the_pi(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    before = snapshot(config.parent)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert r.code == 0, r.err
+    assert snapshot(config.parent) == before  # ollama_model never names a model not created
+    assert "nothing was changed" in r.out and "ollama create mesh-bot -f" in r.out
+    assert f"set ollama_model and meshtastic_knowledge_file in {config}" in r.out
+    assert "deploy --to" in r.out
+
+
+def test_local_deploy_refuses_the_name_of_the_model_the_bot_runs(
+    proved, config, cli, monkeypatch, tmp_path
+):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    before = snapshot(config.parent)
+    r = cli("deploy", proved, "--name", "llama3.2", "--mesh-master-config", config)
+    assert r.code == 0  # another name: fine
+    config.write_bytes(before["config.json"][1])
+    for p in config.parent.glob("*.bak"):
+        p.unlink()
+    log.unlink()
+    config.write_text(config.read_text().replace('"llama3.2:1b"', '"mesh-bot"'))
+    r = cli("deploy", proved, "--name", "mesh-bot", "--mesh-master-config", config)
+    assert one_line_error(r) and "already 'mesh-bot'" in r.err and "new --name" in r.err
+    assert not log.exists() and not list(config.parent.glob("*.bak"))
+
+
+MODELFILE_EDITS = {
+    "a_second_template": ('TEMPLATE """{{ .Prompt }}"""\n', "E309"),
+    "a_second_system_naming_send": ('SYSTEM """Use /send to reach anyone."""\n', "E309"),
+    "a_stop_that_is_a_common_word": ('PARAMETER stop "the"\n', "E310"),
+    "num_predict_abc": ("PARAMETER num_predict abc\n", "E303"),
+    "an_unknown_parameter": ("PARAMETER temprature 0.2\n", "E302"),
+    "num_ctx_beyond_the_model": ("PARAMETER num_ctx 65536\n", "E311"),
+}
+
+
+@pytest.mark.parametrize("edit", MODELFILE_EDITS)
+def test_a_modelfile_edited_after_verify_fails_check_verify_and_deploy(
+    proved, cli, monkeypatch, tmp_path, edit
+):
+    line, code = MODELFILE_EDITS[edit]
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with (proved / "Modelfile").open("a") as f:
+        f.write(line)
+    r = cli("deploy", proved, "--name", "mesh-bot", "--force")
+    assert one_line_error(r) and "not the Modelfile verify.json proved" in r.err, r.err
+    r = cli("modelfile", "check", proved / "Modelfile")
+    assert r.code == 1 and f" {code} " in r.out, r.out
+    r = cli("verify", proved)
+    assert r.code == 1 and "FAIL    modelfile" in r.out and code in r.out, r.out + r.err
+    r = cli("deploy", proved, "--name", "mesh-bot")  # proven again: and it failed
+    assert one_line_error(r) and "verification failed (modelfile)" in r.err, r.err
+    assert not log.exists()
+
+
+def test_a_harmless_modelfile_edit_ships_once_verified_again(proved, cli, monkeypatch, tmp_path):
+    log = stand_in_ollama(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with (proved / "Modelfile").open("a") as f:
+        f.write("# a comment\n")
+    assert cli("deploy", proved, "--name", "mesh-bot").code == 2
+    assert cli("verify", proved).code == 0
+    assert cli("deploy", proved, "--name", "mesh-bot").code == 0 and log.exists()
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "../elsewhere.gguf", "./notes.gguf"])
+def test_modelfile_check_refuses_a_from_that_is_not_a_gguf_beside_it(cli, tmp_path, source):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (tmp_path / "elsewhere.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    (folder / "notes.gguf").write_text("not a model")
+    (folder / "Modelfile").write_text(f'FROM {source}\nPARAMETER stop "<|im_end|>"\n')
+    r = cli("modelfile", "check", folder / "Modelfile")
+    assert r.code == 1 and "E304" in r.out, r.out
+    assert ("outside the Modelfile's folder" in r.out) == (source != "./notes.gguf")
+
+
+@pytest.mark.parametrize(
+    "ok", [0, 1, "false", "true", "yes", [], {}], ids=lambda v: f"ok={json.dumps(v)}"
+)
+def test_verify_json_counts_a_check_as_passed_only_when_ok_is_true(
+    proved, cli, monkeypatch, tmp_path, ok
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    proof = json.loads((proved / "verify.json").read_text())
+    proof["checks"][0]["ok"] = ok
+    (proved / "verify.json").write_text(json.dumps(proof))
+    r = cli("deploy", proved, "--name", "mesh-bot")
+    assert one_line_error(r) and "verification failed (metadata)" in r.err, r.err
+
+
+def test_verify_json_with_no_checks_is_not_verified(proved, cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    proof = json.loads((proved / "verify.json").read_text())
+    proof["checks"] = []
+    (proved / "verify.json").write_text(json.dumps(proof))
+    r = cli("deploy", proved, "--name", "mesh-bot")
+    assert one_line_error(r) and "verification failed (metadata (missing)" in r.err, r.err
+
+
+# --- Properties: random paths (folders, links, FIFOs, devices) at every command that writes ---
+
+
+def _hostile_folder(root: Path, real: Path) -> Path:
+    """A folder of the user's things of every kind, each a tempting output path."""
+    box = root / "box"
+    (box / "dir" / "sub").mkdir(parents=True)
+    (box / "dir" / "keep.txt").write_text("mine\n")
+    (box / "file.jsonl").write_text("mine\n")
+    shutil.copy(real / "mesh-master-config.json", box / "config.json")
+    os.mkfifo(box / "fifo")
+    device(box)
+    for name, target in {
+        "link-dir": "dir",
+        "link-file": "file.jsonl",
+        "link-config": "config.json",
+        "link-fifo": "fifo",
+        "dangling": "dir/missing.jsonl",
+        "loop": "loop",
+    }.items():
+        (box / name).symlink_to(target)
+    return box
+
+
+HOSTILE_PATHS = st.tuples(
+    st.sampled_from(["dir", "dir/sub", "file.jsonl", "config.json", "fifo", "link-dir",
+                     "link-file", "link-config", "link-fifo", "dangling", "loop", "new.jsonl",
+                     ".", "..", "null"]),
+    st.sampled_from(["", "/", "/.", "/..", "/new.jsonl", "/dir"]),
+).map("".join)  # fmt: skip
+
+
+def _only_the_target_changed(before: dict, after: dict, box: Path, target: str) -> bool:
+    """Every entry that was there is unchanged, except the one regular file the path names."""
+    written = os.path.realpath(box / target)
+    changed = [k for k in before if after.get(k) != before[k]]
+    return all(os.path.realpath(box.parent / k) == written for k in changed)
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_paths_at_data_convert(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("convert")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(4)])
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("data", "convert", data, target)
+    finally:
+        os.chdir(cwd)
+    after = snapshot(root)
+    assert _outcome_is_allowed(code, err), err
+    assert _only_the_target_changed(before, after, box, target), (target, err)
+    if code == 0:
+        assert Path(os.path.realpath(box / target)).is_file()
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_out_dirs_at_data_split(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("split")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(6)], name="new.jsonl")
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("data", "split", data, "--out-dir", target)
+    finally:
+        os.chdir(cwd)
+    assert _outcome_is_allowed(code, err), err
+    assert [k for k in before if snapshot(root).get(k) != before[k]] == []  # only new files
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_config_paths_at_deploy(tmp_path_factory, real, stopper, target):
+    root = tmp_path_factory.mktemp("deploy")
+    box = _hostile_folder(root, real)
+    run = root / "run"
+    shutil.copytree(stopper[0], run)
+    log = stand_in_ollama(root / "bin")
+    before = snapshot(root)
+    cwd, path = os.getcwd(), os.environ["PATH"]
+    os.chdir(box)
+    os.environ["PATH"] = str(root / "bin")
+    try:
+        code, _, err = run_main("deploy", run, "--name", "mesh-bot", "--mesh-master-config",
+                                target)  # fmt: skip
+    finally:
+        os.chdir(cwd)
+        os.environ["PATH"] = path
+    after = snapshot(root)
+    assert _outcome_is_allowed(code, err), err
+    assert _only_the_target_changed(before, after, box, target), (target, err)
+    if code != 0:
+        assert not log.exists() or "ollama create" in err
+    assert temps(root) == []

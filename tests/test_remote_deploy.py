@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO
+from tests.conftest import CONFIG_VARIANTS, REPO, config_bytes
 
 from meshtune import meshmaster
 from meshtune.export.proof import file_digest, quick_prompts
@@ -200,11 +200,17 @@ def run_dir(tmp_path: Path) -> Path:
         shutil.copy(RUN / name, run / name)
     gguf = run / GGUF
     gguf.write_bytes(b"GGUF" + os.urandom(4096))
-    digest, size = file_digest(gguf)
+    prove(run)
+    return run
+
+
+def prove(run: Path) -> None:
+    """verify.json made to prove the run's GGUF bytes and Modelfile as they are now."""
+    digest, size = file_digest(run / GGUF)
     proof = RunDir(run).load_verification()
     proof.gguf, proof.sha256, proof.bytes = GGUF, digest, size
+    proof.modelfile_sha256 = file_digest(run / "Modelfile")[0]
     proof.save(RunDir(run).verification)
-    return run
 
 
 def test_a_gguf_that_is_not_the_proved_one_is_never_shipped(cli, run_dir, tmp_path):
@@ -326,7 +332,7 @@ def test_dry_run_prints_every_step_and_connects_nowhere(cli, tmp_path: Path, run
     ]
     assert "scp -q" in r.out and "pi@meshpi.invalid:meshtune-models/meshtune-v2/" in r.out
     assert "cd -- meshtune-models/meshtune-v2 && ollama create meshtune-v2" in r.out
-    assert "cp -p -- mesh-master/config.json mesh-master/config.json." in r.out  # the backup
+    assert "back up mesh-master/config.json (a new .bak), then replace it" in r.out
     assert "sudo -n systemctl restart mesh-ai" in r.out
 
 
@@ -334,3 +340,72 @@ def test_dry_run_prints_every_step_and_connects_nowhere(cli, tmp_path: Path, run
 def test_a_target_that_is_not_user_at_host_is_refused(cli, run_dir: Path, to: str):
     r = cli("deploy", run_dir, "--name", "m", "--to", to, "--dry-run")
     assert r.code == 2 and "expected USER@HOST" in r.err
+
+
+# --- Issue 22: the Pi's config.json edited byte for byte, backups created exclusively ----------
+
+
+@pytest.mark.parametrize("kind", CONFIG_VARIANTS)
+@pytest.mark.parametrize("symlinked", [False, True], ids=["file", "symlink"])
+def test_deploy_to_changes_only_the_ollama_model_bytes_of_the_pis_config(
+    cli, pi: Pi, run_dir: Path, kind: str, symlinked: bool
+):
+    before = config_bytes(pi.config.read_text(), kind)
+    target = pi.config
+    if symlinked:  # config.json a link into the bot's folder, as some Pis keep it
+        target = pi.home / "mesh-master" / "config.json"
+        target.parent.mkdir()
+        pi.config.unlink()
+        pi.config.symlink_to(target)
+    target.write_bytes(before)
+    r = deploy(cli, pi, run_dir)
+    assert r.code == 0, r.err
+    assert target.read_bytes() == before.replace(b'"llama3.2:1b"', b'"meshtune-v2"')
+    assert pi.config.is_symlink() == symlinked
+    (backup,) = target.parent.glob("config.json.*.bak")  # beside the file the link names
+    assert backup.read_bytes() == before
+
+
+def test_deploy_to_never_overwrites_a_backup_of_the_same_second(cli, pi: Pi, run_dir: Path):
+    before = pi.config.read_bytes()
+    now = time.time()
+    theirs = {}
+    for dt in range(0, 60):  # every name this deploy could take in the next minute
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now + dt))
+        theirs[pi.home / f"config.json.{stamp}.bak"] = f"another deploy's backup {dt}\n".encode()
+    for path, data in theirs.items():
+        path.write_bytes(data)
+    r = deploy(cli, pi, run_dir)
+    assert r.code == 0, r.err
+    assert all(path.read_bytes() == data for path, data in theirs.items())
+    (ours,) = [p for p in pi.home.glob("config.json.*.bak") if p not in theirs]
+    assert ours.name.endswith("-2.bak") and ours.read_bytes() == before
+    assert f"backup: {ours}" in r.out
+
+
+def test_deploy_to_copies_the_runs_knowledge_file_and_points_the_config_at_it(
+    cli, pi: Pi, run_dir: Path, real: Path
+):
+    knowledge = run_dir / "meshtastic_knowledge.txt"
+    shutil.copy(real / "mesh-master-meshtastic-knowledge.txt", knowledge)
+    before = config_bytes(pi.config.read_text(), "crlf")
+    pi.config.write_bytes(before)
+    r = deploy(cli, pi, run_dir)
+    assert r.code == 0, r.err
+    on_pi = pi.home / "models" / "meshtune-v2" / "meshtastic_knowledge.txt"
+    assert on_pi.read_bytes() == knowledge.read_bytes()
+    key = json.dumps(str(on_pi)).encode()
+    assert pi.config.read_bytes() == before.replace(b'"llama3.2:1b"', b'"meshtune-v2"').replace(
+        b"{\r\n  ", b'{\r\n  "meshtastic_knowledge_file": ' + key + b",\r\n  ", 1
+    )
+    assert "set ollama_model and meshtastic_knowledge_file" in r.out
+
+
+def test_a_failed_restart_puts_back_both_keys_byte_for_byte(cli, pi: Pi, run_dir: Path, real: Path):
+    shutil.copy(real / "mesh-master-meshtastic-knowledge.txt", run_dir / "meshtastic_knowledge.txt")
+    before = config_bytes(pi.config.read_text(), "crlf-latin-1-bom")
+    pi.config.write_bytes(before)
+    pi.fail("restart")
+    r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
+    assert r.code == 2 and "restored" in r.err, r.err
+    assert pi.config.read_bytes() == before

@@ -6,7 +6,7 @@ import pytest
 
 from meshtune.cli import run_lines, train_line
 from meshtune.errors import MeshtuneError
-from meshtune.files import atomic
+from meshtune.files import atomic, atomic_folder
 from meshtune.rundir import (
     Check,
     ExportInfo,
@@ -39,9 +39,11 @@ def test_each_record_reads_back_what_was_saved(tmp_path):
     proof = Verification(
         "bot-Q8_0.gguf",
         "Q8_0",
-        [Check("tokens", True, "11 chats", {"chats": 11}), Check("template", None, "no go")],
+        [Check("tokens", True, "11 chats", {"chats": 11}), Check("template", None, "no go")]
+        + [Check(n, True, "") for n in ("metadata", "logits", "stops", "modelfile")],
         "ab" * 32,
         145,
+        "cd" * 32,
     )
     proof.save(run.verification)
     back = run.load_verification()
@@ -79,17 +81,17 @@ def test_a_run_without_a_held_out_set_prints_no_eval_loss_instead_of_crashing(tm
     assert "eval loss 2.0000 -> 1.5000, 900 tokens/s" in train_line(summary, tmp_path)
 
 
-def test_atomic_replaces_a_folder_only_once_the_new_one_is_complete(tmp_path):
+def test_atomic_folder_replaces_a_folder_only_once_the_new_one_is_complete(tmp_path):
     out = tmp_path / "merged"
     out.mkdir()
     (out / "old").write_text("old")
-    with pytest.raises(RuntimeError), atomic(out) as tmp:
+    with pytest.raises(RuntimeError), atomic_folder(out) as tmp:
         tmp.mkdir()
         (tmp / "new").write_text("half")
         raise RuntimeError("stopped half-way")
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temp left behind
     assert [p.name for p in out.iterdir()] == ["old"]
-    with atomic(out) as tmp:
+    with atomic_folder(out) as tmp:
         tmp.mkdir()
         (tmp / "new").write_text("done")
     assert [p.name for p in out.iterdir()] == ["new"]

@@ -755,12 +755,11 @@ def deploy_cmd(
     ssh_option: Annotated[
         list[str] | None, typer.Option(help="With --to: an ssh -o option, e.g. Port=2222.")
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="With --to: print every step, run none.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print every step, run none.")] = False,
 ) -> None:
-    """`ollama create NAME -f Modelfile` (printed when ollama is not here) and config.json;
-    with --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
-    import shlex
-
+    """`ollama create NAME -f Modelfile` and config.json (ollama_model, and the run's knowledge
+    file when it has one); without ollama here nothing changes and the steps are printed. With
+    --to, on the Pi over ssh, the new model proven by one prompt before the config changes."""
     from meshtune.export.deploy import deploy
 
     if to is not None:
@@ -782,21 +781,27 @@ def deploy_cmd(
             return
         typer.echo(f"deployed {name} to {done.target}:{done.folder}")
         if done.config:
-            typer.echo(f"set ollama_model in {done.config} (backup: {done.backup})")
+            knowledge = f" and meshtastic_knowledge_file ({done.knowledge})" * bool(done.knowledge)
+            typer.echo(f"set ollama_model{knowledge} in {done.config} (backup: {done.backup})")
         if done.restarted:
             typer.echo(f"restarted {done.restarted}")
         return
 
-    result = deploy(run, name, mesh_master_config, force)
-    command = shlex.join(result.command)
-    if result.ran:
-        typer.echo(f"ran: {command}")
-    else:
-        typer.echo(f"ollama is not on PATH here; on the Pi run:\n  {command}")
+    result = deploy(run, name, mesh_master_config, force, dry_run)
+    if not result.ran:
+        why = "dry run" if dry_run else "ollama is not on PATH here, so nothing was changed"
+        typer.echo(f"{why}; the steps, to run on the Pi (or: meshtune deploy --to USER@HOST):")
+        for step in result.steps:
+            typer.echo(f"  {step}")
+        return
+    typer.echo(f"ran: {result.steps[0]}")
+    if result.knowledge:
+        typer.echo(f"installed the run's knowledge file as {result.knowledge}")
     if result.config:
+        knowledge = " and meshtastic_knowledge_file" * bool(result.knowledge)
         typer.echo(
-            f"set ollama_model to {name!r} in {result.config} (backup: {result.backup}); "
-            "restart Mesh Master (sudo systemctl restart mesh-ai)"
+            f"set ollama_model to {name!r}{knowledge} in {result.config} (backup: "
+            f"{result.backup}); restart Mesh Master (sudo systemctl restart mesh-ai)"
         )
 
 

@@ -6,7 +6,6 @@ stable: E1xx are errors (the row cannot be used), W2xx are warnings (the row tra
 guide says it teaches the wrong thing).
 """
 
-import contextlib
 import json
 import random
 import re
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
-from meshtune.files import atomic
+from meshtune.files import atomic_files
 from meshtune.jsontext import type_name
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
@@ -795,11 +794,11 @@ def to_row(conv: Conversation, fmt: Format) -> dict[str, Any]:
 
 
 def write_jsonl(outputs: Mapping[Path, Iterable[str]]) -> None:
-    """Write each file's lines, then rename them all into place, so a failure leaves no
-    half-written output."""
-    with contextlib.ExitStack() as stack:
-        for path, lines in outputs.items():
-            tmp = stack.enter_context(atomic(path, fix="check the folder exists and is writable"))
+    """Write each file's lines, then rename them all into place together (files.atomic_files):
+    a failure, or a target that is a folder, device or FIFO, leaves every output as it was."""
+    fix = "check the folder exists and is writable"
+    with atomic_files(list(outputs), fix=fix) as temps:
+        for tmp, lines in zip(temps, outputs.values(), strict=True):
             with tmp.open("w", encoding="utf-8", newline="\n") as f:
                 for line in lines:
                     f.write(line.rstrip("\r\n") + "\n")

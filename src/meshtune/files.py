@@ -10,7 +10,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,23 +52,144 @@ def temp_path(path: Path, hidden: bool = True) -> Path:
 
 
 def real_path(path: Path) -> Path:
-    """The file a path means: a symlink's target, so an edit changes the file the link names
-    instead of replacing the link with a plain file."""
+    """The file a path means: a symlink's target (through every link), so an edit changes the
+    file the link names instead of replacing the link with a plain file."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def output_file(path: Path, what: str = "the output") -> Path:
+    """The regular file a write to `path` replaces: a symlink's target, the link kept. A path
+    that is (or resolves to) a folder, a device, a FIFO or a socket is refused before anything
+    is written: replacing it would destroy what the user did not ask meshtune to touch."""
+    target = real_path(path)
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target  # a new file (or the missing target of a dangling link)
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot write {what} ({e.strerror}); choose a file") from e
+    if stat.S_ISREG(mode):
+        return target
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    via = f" ({target})" if target != path else ""
+    raise MeshtuneError(
+        f"{path}: is {kind}{via}, not a file; meshtune writes {what} only as a new or "
+        "existing regular file: give a file path"
+    )
+
+
+def read_source(path: Path, what: str) -> bytes:
+    """The bytes of a regular file meshtune is about to edit; a folder, FIFO or device (whose
+    read would block or mean nothing) is refused like a write to it."""
+    target = output_file(path, what)
+    try:
+        return target.read_bytes()
+    except FileNotFoundError as e:
+        raise MeshtuneError(f"{path}: no such file; pass {what}") from e
+    except OSError as e:
+        raise MeshtuneError(f"{path}: cannot read {what} ({e.strerror})") from e
+
+
+@contextmanager
+def atomic_files(
+    paths: Sequence[Path], hidden: bool = True, fix: str = "check the folder", what: str = ""
+) -> Iterator[list[Path]]:
+    """The one way meshtune writes output files. Every target is checked first (output_file:
+    a symlink's target, never a folder, device or FIFO); the caller writes each file at its
+    yielded temp path; once the block ends without error all are renamed into place together
+    (an existing file keeps its permissions), and if one rename fails the ones before it are
+    put back, so the outputs are replaced together or not at all. Anything else leaves every
+    target untouched. An OSError is a one-line error naming the target, never a temp file."""
+    targets = [output_file(p, what or "the output") for p in paths]
+    if len(set(targets)) < len(targets):
+        shown = ", ".join(map(str, paths))
+        raise MeshtuneError(f"{shown}: two of these outputs are the same file; choose others")
+    temps = [temp_path(t, hidden) for t in targets]
+    try:
+        yield temps
+        _replace_all(targets, temps)
+    except OSError as e:
+        failed = next((p for p, t in zip(paths, targets, strict=True) if _names(e, t)), paths[0])
+        raise MeshtuneError(
+            f"{failed}: cannot write{what and ' ' + what} ({e.strerror}); {fix}"
+        ) from e
+    finally:
+        for tmp in temps:
+            _remove(tmp)
 
 
 @contextmanager
 def atomic(
     path: Path, hidden: bool = True, fix: str = "check the folder", what: str = ""
 ) -> Iterator[Path]:
-    """The one way meshtune replaces an output: the caller writes a file or a folder at the
-    yielded temp path beside `path`; once the block ends without error it replaces `path` (a
-    folder there is removed first), otherwise it is removed and `path` is untouched. An OSError
-    is a one-line error naming `path`, never the temp file."""
+    """atomic_files for one file."""
+    with atomic_files([path], hidden, fix, what) as (tmp,):
+        yield tmp
+
+
+def _names(e: OSError, target: Path) -> bool:
+    return str(target) in (str(e.filename), str(e.filename2), str(temp_path(target)))
+
+
+def _replace_all(targets: Sequence[Path], temps: Sequence[Path]) -> None:
+    """Rename each temp file over its target; a hard link keeps each old file until all are in
+    place, and puts it back if a later rename fails."""
+    for target, tmp in zip(targets, temps, strict=True):
+        output_file(target)  # still a file (or absent) now, right before the rename
+        if target.exists():
+            shutil.copymode(target, tmp)
+    replaced: list[tuple[Path, Path | None]] = []
+    try:
+        for target, tmp in zip(targets, temps, strict=True):
+            old = None
+            if target.exists():
+                old = temp_path(target.with_name(target.name + ".old"))
+                _keep(target, old)
+            replaced.append((target, old))
+            os.replace(tmp, target)
+    except OSError:
+        for target, old in reversed(replaced):
+            if old is not None:
+                os.replace(old, target)
+            else:
+                target.unlink(missing_ok=True)  # meshtune created it a moment ago
+        raise
+    finally:
+        for _, old in replaced:
+            if old is not None:
+                old.unlink(missing_ok=True)
+
+
+def _keep(target: Path, old: Path) -> None:
+    try:
+        os.link(target, old)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(target, old)
+
+
+@contextmanager
+def atomic_folder(
+    path: Path, hidden: bool = True, fix: str = "check the folder", what: str = ""
+) -> Iterator[Path]:
+    """A folder output meshtune owns (merged/, an adapter, a checkpoint, a converted model):
+    the caller fills the yielded temp folder; once the block ends without error it replaces
+    `path` (meshtune's own earlier folder there is removed), otherwise `path` is untouched. A
+    file, link or anything else at `path` is refused, never removed."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise MeshtuneError(f"{path}: exists and is not a folder; move it away or choose another")
     tmp = temp_path(path, hidden)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
+        if path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except OSError as e:
@@ -86,17 +208,24 @@ def _remove(path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace `path` (a symlink's target) with `text` once it is fully written; an existing
-    file keeps its permissions."""
-    path = real_path(path)
-    with atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-        if path.exists():
-            shutil.copymode(path, tmp)
+    """Replace `path` (a symlink's target) with `text` once it is fully written."""
+    write_files({path: text.encode()})
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """How meshtune writes a JSON record: indented, UTF-8, one trailing newline."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_files(contents: Mapping[Path, str | bytes], what: str = "") -> None:
+    """Replace several files together (atomic_files): a report's files, a config's edit."""
+    with atomic_files(list(contents), what=what) as temps:
+        for tmp, data in zip(temps, contents.values(), strict=True):
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from meshtune.errors import MeshtuneError
-from meshtune.files import atomic, remove_stale_temps
+from meshtune.files import atomic_folder, remove_stale_temps
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_ALIASES = {EMBEDDED, "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -210,7 +210,7 @@ def _converted(gguf: Path, key: str) -> Path:
         ) from e
     remove_stale_temps(folder.parent)
     fix = f"check {cache_root()} (MESHTUNE_CACHE) is writable"
-    with atomic(folder, hidden=False, fix=fix, what="the converted model") as tmp:
+    with atomic_folder(folder, hidden=False, fix=fix, what="the converted model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return folder

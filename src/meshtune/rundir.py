@@ -9,6 +9,8 @@
     RUN/merged/              the adapter merged into the base weights (export)
     RUN/<name>-<TYPE>.gguf   the GGUF; ExportInfo names it (export)
     RUN/Modelfile, DEPLOY.md the Ollama Modelfile and the deploy note (export)
+    RUN/meshtastic_knowledge.txt  the bot's knowledge file the model was trained with (export;
+                             deploy installs it)
     RUN/export.json          ExportInfo (export)
     RUN/verify.json          Verification: the proof of that very GGUF (export verify)
     RUN/eval/                evaluation reports (evaluate)
@@ -262,27 +264,35 @@ class Check:
 
 @dataclass(slots=True)
 class Verification(_Record):
-    """The proof of one GGUF file (verify.json); deploy ships nothing else."""
+    """The proof of one GGUF file and the Modelfile that ships it (verify.json); deploy ships
+    nothing else. Proven means every check the proof runs is there and none failed."""
 
     gguf: str
     quant: str
     checks: list[Check]
     sha256: str = ""
     bytes: int = 0
+    modelfile_sha256: str = ""
+
+    CHECKS = ("metadata", "tokens", "template", "logits", "stops", "modelfile")
 
     @property
     def ok(self) -> bool:
-        return all(c.ok is not False for c in self.checks)
+        return not self.failed
 
     @property
     def failed(self) -> list[str]:
-        return [c.name for c in self.checks if c.ok is False]
+        """The checks that failed, and those the proof runs that are not there at all."""
+        names = {c.name for c in self.checks}
+        missing = [f"{n} (missing)" for n in self.CHECKS if n not in names]
+        return [c.name for c in self.checks if c.ok is False] + missing
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "gguf": self.gguf,
             "sha256": self.sha256,
             "bytes": self.bytes,
+            "modelfile_sha256": self.modelfile_sha256,
             "quant": self.quant,
             "ok": self.ok,
             "checks": [asdict(c) for c in self.checks],
@@ -290,21 +300,33 @@ class Verification(_Record):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Verification":
+        """A check passed only where its `ok` is JSON true (null: it could not run); any other
+        value (0, "false", "true") is a failure, never a pass."""
         checks = [
-            Check(
-                str(c.get("name", "")), c.get("ok"), str(c.get("detail", "")), c.get("data") or {}
-            )
+            Check(str(c.get("name", "")), _check_ok(c), str(c.get("detail", "")), _dict(c))
             for c in data.get("checks") or []
             if isinstance(c, dict)
         ]
-        gguf, digest = data.get("gguf"), data.get("sha256")
+        text = lambda key: data[key] if isinstance(data.get(key), str) else ""  # noqa: E731
+        size = data.get("bytes")
         return cls(
-            gguf if isinstance(gguf, str) else "",
+            text("gguf"),
             str(data.get("quant") or ""),
             checks,
-            digest if isinstance(digest, str) else "",
-            data.get("bytes") if isinstance(data.get("bytes"), int) else 0,
+            text("sha256"),
+            size if isinstance(size, int) and not isinstance(size, bool) else 0,
+            text("modelfile_sha256"),
         )
+
+
+def _check_ok(check: dict[str, Any]) -> bool | None:
+    ok = check.get("ok", False)
+    return None if ok is None else ok is True
+
+
+def _dict(check: dict[str, Any]) -> dict[str, Any]:
+    data = check.get("data")
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass(slots=True)

@@ -10,10 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshtune.data import write_jsonl
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
-from meshtune.files import write_json, write_text
+from meshtune.files import json_text, write_files
 
 if TYPE_CHECKING:
     from meshtune.evaluate import Comparison, EvalResult
@@ -24,17 +23,26 @@ CLIP = 320  # characters of a reply shown in tables
 
 def write_report(out: Path, result: "EvalResult") -> None:
     _mkdir(out)
-    write_jsonl({out / "replies.jsonl": (json.dumps(r, ensure_ascii=False) for r in result.rows)})
-    write_json(out / "summary.json", result.summary)
-    write_text(out / "report.md", render_markdown(result))
-    write_text(out / "report.html", render_html(result))
+    replies = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
+    write_files(  # together or not at all: summary.json never describes other replies
+        {
+            out / "replies.jsonl": replies,
+            out / "summary.json": json_text(result.summary),
+            out / "report.md": render_markdown(result),
+            out / "report.html": render_html(result),
+        }
+    )
 
 
 def write_comparison(out: Path, comp: "Comparison") -> None:
     _mkdir(out)
-    write_json(out / "compare.json", comp.to_dict())
-    write_text(out / "compare.md", render_comparison(comp))
-    write_text(out / "compare.html", render_comparison_html(comp))
+    write_files(
+        {
+            out / "compare.json": json_text(comp.to_dict()),
+            out / "compare.md": render_comparison(comp),
+            out / "compare.html": render_comparison_html(comp),
+        }
+    )
 
 
 def _mkdir(out: Path) -> None:

@@ -166,8 +166,9 @@ In Mesh Master's `config.json`, change one key and restart the bot (the guide's 
 
     "ollama_model": "{info.name}",
 
-On a machine with both meshtune and Ollama, steps 2 and 3 are one command (it keeps a backup
-of config.json):
+On a machine with both meshtune and Ollama, steps 2 and 3 are one command (it installs the
+knowledge file beside config.json, sets both keys and keeps a backup; `--dry-run` shows the
+steps); over ssh, `--to pi@<your-pi>` does all three steps on the Pi:
 
     meshtune deploy {info.run} --name {info.name} --mesh-master-config config.json
 

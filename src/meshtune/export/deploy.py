@@ -1,8 +1,10 @@
-"""Deploy: `ollama create NAME -f Modelfile` here, and Mesh Master's config.json pointed at
-NAME; only a GGUF whose proof (verify.json) names that very file is shipped."""
+"""Deploy: `ollama create NAME -f Modelfile` here, the run's knowledge file installed beside
+Mesh Master's config.json, and the config pointed at both. Only a Modelfile and GGUF that
+verify.json proved (both by sha256) are shipped; nothing changes until every input is checked,
+and nothing at all without `ollama` (the steps are printed instead)."""
 
-import json
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -10,8 +12,9 @@ from pathlib import Path
 
 from meshtune import ollama
 from meshtune.errors import MeshtuneError
+from meshtune.export.config_edit import ConfigEdit, apply_config_edit, plan_config_edit
 from meshtune.export.proof import file_digest
-from meshtune.files import check_writable, real_path, unique_backup, write_text
+from meshtune.files import output_file, read_text, write_files
 from meshtune.rundir import RunDir, Verification
 
 
@@ -31,37 +34,112 @@ def check_name(name: str) -> str:
 
 @dataclass(slots=True)
 class Deployed:
-    command: list[str]
-    ran: bool  # False: ollama is not on PATH, the command is printed instead
+    command: list[str]  # ollama create
+    ran: bool  # False: a dry run, or ollama is not on PATH (then nothing was changed)
+    steps: list[str]  # every step, as --dry-run prints it and a user finishes by hand
     config: str | None = None
     backup: str | None = None
+    knowledge: str | None = None  # where the run's knowledge file was installed
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A deploy worked out and checked, before anything changes."""
+
+    command: list[str]
+    knowledge: tuple[Path, Path] | None  # the run's file, and where it goes
+    edit: ConfigEdit | None
+
+    def steps(self) -> list[str]:
+        steps = [shlex.join(self.command)]
+        if self.knowledge:
+            steps.append(f"copy {self.knowledge[0]} to {self.knowledge[1]}")
+        if self.edit:
+            keys = "ollama_model" + (" and meshtastic_knowledge_file" if self.knowledge else "")
+            steps.append(f"set {keys} in {self.edit.path} (a backup beside it)")
+        return steps
 
 
 def deploy(
-    run_dir: str | Path, name: str, config: str | Path | None = None, force: bool = False
+    run_dir: str | Path,
+    name: str,
+    config: str | Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> Deployed:
-    """`ollama create NAME -f Modelfile` (when ollama is on PATH) and Mesh Master's
-    config.json pointed at NAME."""
+    """`ollama create NAME -f Modelfile`, the run's knowledge file installed beside the config,
+    and Mesh Master's config.json pointed at both; a failed step leaves the config as it was."""
     folder = Path(run_dir)
-    name = check_name(name)
-    mf_path, _ = proven_files(folder, force)
-    # The config change is worked out and checked before ollama runs, so a config that cannot
-    # be changed stops the deploy before anything changed.
-    edit = plan_config_edit(Path(config), name) if config is not None else None
-    command = ["ollama", "create", name, "-f", str(mf_path.resolve())]
-    ollama = shutil.which("ollama")
-    result = Deployed(command, ran=ollama is not None)
-    if ollama:
-        proc = subprocess.run(
-            [ollama, *command[1:]], cwd=folder, capture_output=True, text=True, check=False
-        )
-        if proc.returncode:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise MeshtuneError(f"ollama create failed (exit {proc.returncode}): {tail[0]}")
-    if edit is not None:
+    plan = _plan(folder, check_name(name), Path(config) if config is not None else None, force)
+    result = Deployed(plan.command, ran=False, steps=plan.steps())
+    binary = shutil.which("ollama")
+    if dry_run or binary is None:
+        return result
+    _ollama_create(binary, plan.command, folder)
+    result.ran = True
+    created = plan.knowledge is not None and _install(*plan.knowledge)
+    if plan.knowledge:
+        result.knowledge = str(plan.knowledge[1])
+    if plan.edit is not None:
+        try:
+            result.backup = str(apply_config_edit(plan.edit))
+        except MeshtuneError:
+            if created and plan.knowledge:
+                plan.knowledge[1].unlink(missing_ok=True)  # meshtune made it a moment ago
+            raise
         result.config = str(config)
-        result.backup = str(apply_config_edit(edit))
     return result
+
+
+def _plan(folder: Path, name: str, config: Path | None, force: bool) -> _Plan:
+    mf_path, _ = proven_files(folder, force)
+    command = ["ollama", "create", name, "-f", str(mf_path.resolve())]
+    if config is None:
+        return _Plan(command, None, None)
+    source = RunDir(folder).knowledge
+    knowledge = (source, knowledge_target(config, name)) if source.is_file() else None
+    if knowledge:
+        read_text(source)  # UTF-8, as the bot reads it
+        _needs_install(*knowledge)
+    edit = plan_config_edit(config, name, str(knowledge[1]) if knowledge else None)
+    return _Plan(command, knowledge, edit)
+
+
+def _ollama_create(binary: str, command: list[str], folder: Path) -> None:
+    proc = subprocess.run(
+        [binary, *command[1:]], cwd=folder, capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise MeshtuneError(f"ollama create failed (exit {proc.returncode}): {tail[0]}")
+
+
+def knowledge_target(config: Path, name: str) -> Path:
+    """Where a run's knowledge file is installed: beside the config (a symlink's target), under
+    the model's name, so a later deploy never overwrites the file a running model uses."""
+    config = output_file(config, "Mesh Master's config.json")  # no folder, FIFO or link loop
+    return config.absolute().parent / f"meshtastic_knowledge.{name}.txt"
+
+
+def _needs_install(source: Path, target: Path) -> bool:
+    """Whether `target` is still to be written; a different file already there is refused
+    (meshtune never replaces what it did not write)."""
+    output_file(target, "the knowledge file")
+    if not target.exists():
+        return True
+    if target.read_bytes() == source.read_bytes():
+        return False
+    raise MeshtuneError(
+        f"{target}: exists with other content; move it away or deploy under another --name"
+    )
+
+
+def _install(source: Path, target: Path) -> bool:
+    """Copy the knowledge file into place; True when this call created it."""
+    if not _needs_install(source, target):
+        return False
+    write_files({target: source.read_bytes()}, "the knowledge file")
+    return True
 
 
 def proven_files(folder: Path, force: bool) -> tuple[Path, Path]:
@@ -83,9 +161,9 @@ def proven_files(folder: Path, force: bool) -> tuple[Path, Path]:
 
 
 def check_proof(folder: Path, mf: ollama.Modelfile) -> Verification:
-    """verify.json, if it proved the very file the Modelfile's FROM names (same path, sha256
-    and size); anything else is refused, --force or not: an export stopped during its proof
-    leaves the new GGUF beside the previous proof."""
+    """verify.json, if it proved this very Modelfile (sha256) and the very file its FROM names
+    (same path, sha256 and size); anything else is refused, --force or not: an export stopped
+    during its proof leaves the new GGUF beside the previous proof."""
     verification = RunDir(folder).load_verification()
     again = f"run `meshtune verify {folder}` (or export again) before deploying"
     target = ollama.local_model(mf, folder)
@@ -100,57 +178,14 @@ def check_proof(folder: Path, mf: ollama.Modelfile) -> Verification:
             f"{folder}/verify.json: proved {verification.gguf}, but the Modelfile ships "
             f"{target.name}; {again}"
         )
+    if file_digest(RunDir(folder).modelfile)[0] != verification.modelfile_sha256:
+        raise MeshtuneError(
+            f"{folder}/Modelfile: not the Modelfile verify.json proved (it was edited after "
+            f"verification, or proved by an older meshtune); {again}"
+        )
     if file_digest(target) != (verification.sha256, verification.bytes):
         raise MeshtuneError(
             f"{target}: not the file verify.json proved (its sha256 or size differs: it changed "
             f"after verification, or an export stopped before its proof); {again}"
         )
     return verification
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigEdit:
-    path: Path  # the file itself (a symlink's target)
-    text: str  # its new content
-
-
-def set_ollama_model(path: Path, name: str) -> Path:
-    """Set `ollama_model` in Mesh Master's config.json, changing nothing else (formatting
-    included), after writing a backup beside it. Returns the backup's path."""
-    return apply_config_edit(plan_config_edit(path, name))
-
-
-def apply_config_edit(edit: ConfigEdit) -> Path:
-    """A backup under a name of its own (the original ollama_model stays in it), then the new
-    text, written beside the file and renamed over it."""
-    backup = unique_backup(edit.path)
-    write_text(edit.path, edit.text)
-    return backup
-
-
-def plan_config_edit(path: Path, name: str) -> ConfigEdit:
-    """The new config.json text with only `ollama_model` changed; the file must be writable."""
-    path = real_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
-    except FileNotFoundError as e:
-        raise MeshtuneError(f"{path}: no such file; pass Mesh Master's config.json") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MeshtuneError(f"{path}: not readable JSON ({e}); fix the file first") from e
-    if not isinstance(data, dict):
-        raise MeshtuneError(f"{path}: not a JSON object; pass Mesh Master's config.json")
-    value = json.dumps(name)
-    key = re.compile(r'("ollama_model"\s*:\s*)"(?:[^"\\]|\\.)*"')
-    if "ollama_model" in data:
-        new = key.sub(lambda m: m[1] + value, text, count=1)
-    else:  # add it as the first key, indented like the others
-        m = re.match(r'(\s*\{)(\s*)(?=")', text)
-        if m:
-            new = f'{m[1]}{m[2]}"ollama_model": {value},{m[2]}{text[m.end() :]}'
-        else:
-            new = re.sub(r"\{\s*\}", '{"ollama_model": ' + value + "}", text, count=1)
-    if json.loads(new) != {**data, "ollama_model": name}:
-        raise MeshtuneError(f"{path}: cannot change ollama_model safely; set it by hand")
-    check_writable(path, "Mesh Master's config")
-    return ConfigEdit(path, new)

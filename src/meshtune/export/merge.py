@@ -11,7 +11,7 @@ from typing import Any
 from meshtune import chat
 from meshtune.errors import MeshtuneError
 from meshtune.export.gguf import architecture
-from meshtune.files import atomic, read_json
+from meshtune.files import atomic_folder, read_json
 from meshtune.rundir import Trained
 
 # llama.cpp's and torch's OpenMP threads spin while they wait, so on a busy machine every extra
@@ -64,7 +64,7 @@ def merge(run: Trained, out: Path) -> Any:
                 f"{run.adapter}: the adapter does not fit {run.base_model} ({first}); export "
                 "with the base model the run trained"
             ) from e
-    with atomic(out, hidden=False, fix="check the disk and folder") as tmp:
+    with atomic_folder(out, hidden=False, fix="check the disk and folder") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model

@@ -55,6 +55,10 @@ CODES: dict[str, tuple[str, str]] = {
     "W304": ("deprecated-parameter", "warning"),
     "W305": ("unlimited-num-predict", "warning"),
     "W306": ("template-not-checked", "warning"),
+    "E309": ("repeated-instruction", "error"),
+    "E310": ("stop-cuts-replies", "error"),
+    "E311": ("num-ctx-beyond-model", "error"),
+    "W307": ("from-a-model-name", "warning"),
 }
 
 register_codes(CODES)
@@ -231,6 +235,7 @@ class GgufInfo:
     eos_text: str
     eot_id: int | None
     add_bos: bool
+    context_length: int | None  # the context the model was trained for
     vocab: Any  # a vocab-only llama_cpp.Llama, for tokenizing
 
 
@@ -254,6 +259,7 @@ def read_gguf(path: str | Path) -> GgufInfo:
 
     eos = vocab.token_eos()
     eot = meta.get("tokenizer.ggml.eot_token_id")
+    context = meta.get(f"{meta.get('general.architecture')}.context_length", "")
     return GgufInfo(
         path=str(path),
         chat_template=meta.get("tokenizer.chat_template", ""),
@@ -262,6 +268,7 @@ def read_gguf(path: str | Path) -> GgufInfo:
         eos_text=text(eos),
         eot_id=int(eot) if eot is not None else None,
         add_bos=meta.get("tokenizer.ggml.add_bos_token", "false") == "true",
+        context_length=int(context) if context.isdigit() else None,
         vocab=vocab,
     )
 
@@ -308,9 +315,11 @@ def check(
         line, msg = (int(line_match[1]), line_match[2]) if line_match else (None, str(e))
         return [Issue("E301", where, line, msg, "Ollama refuses this file")]
     findings = _Findings(where)
+    _check_repeated(mf, findings)
     target = _check_from(mf, path.parent, findings)
     _check_system(mf, registry or load_registry(), findings)
     _check_parameters(mf, findings)
+    _check_stops(mf, findings)
     if mf.first("template") is None:
         findings.add(
             "W301",
@@ -324,7 +333,7 @@ def check(
         )
     if gguf is not None:
         findings.issues += _check_against_gguf(mf, read_gguf(gguf), where)
-    elif against_gguf and target is not None and target.suffix == ".gguf" and target.is_file():
+    elif against_gguf and target is not None:
         model = mf.first("model")
         assert model is not None  # parse() requires FROM
         try:
@@ -346,32 +355,72 @@ class _Findings:
         self.issues.append(Issue(code, self.where, cmd.line if cmd else None, message, fix))
 
 
+def _check_repeated(mf: Modelfile, findings: _Findings) -> None:
+    """One FROM, TEMPLATE and SYSTEM: Ollama applies the last of each, so a second one added
+    after the proof is what the Pi serves, not what was proven."""
+    for name in ("model", "template", "system"):
+        first, *more = [c for c in mf.commands if c.name == name] or [None]
+        shown = "FROM" if name == "model" else name.upper()
+        for c in more:
+            assert first is not None
+            findings.add(
+                "E309",
+                c,
+                f"a second {shown} (the first is line {first.line}): Ollama applies the last "
+                "one, so the model is not served as it was proven",
+                f"keep one {shown}",
+            )
+
+
 def _check_from(mf: Modelfile, folder: Path, findings: _Findings) -> Path | None:
-    """FROM names a model Ollama can import; returns the local file or folder it names."""
+    """FROM names a GGUF file beside the Modelfile (what export writes and deploy ships);
+    returns it, or None when it is something else (then the GGUF checks cannot run)."""
     model = mf.first("model")
     assert model is not None  # parse() requires FROM
     target, kind = _from_target(model.args, folder)
-    if kind == "invalid":
+    if kind == "name":
         findings.add(
-            "E304", model, f"FROM {model.args!r} is not a valid path", "name the GGUF file"
+            "W307",
+            model,
+            f"FROM {model.args} names an Ollama model, not a GGUF beside the Modelfile: what "
+            "Ollama pulls is not what meshtune checked",
+            "FROM ./<model>.gguf",
         )
         return None
+    problem = _from_problem(model.args, target, kind, folder)
+    if problem is None:
+        return target
+    message, fix = problem
+    findings.add("E304", model, message, fix)
+    return None
+
+
+def _from_problem(
+    args: str, target: Path | None, kind: str, folder: Path
+) -> tuple[str, str] | None:
+    """What is wrong with FROM's local path, as (message, fix); None for a GGUF beside it."""
+    beside = "FROM is relative to the Modelfile: name the GGUF file that sits next to it"
+    if kind == "invalid" or target is None:
+        return f"FROM {args!r} is not a valid path", "name the GGUF file"
     if kind == "missing":
-        findings.add(
-            "E304",
-            model,
-            f"FROM {model.args} does not exist beside the Modelfile ({target})",
-            "FROM is relative to the Modelfile: name the GGUF file that sits next to it",
+        return f"FROM {args} does not exist beside the Modelfile ({target})", beside
+    if target.parent != folder.resolve():
+        return f"FROM {args} is outside the Modelfile's folder ({target})", beside
+    if kind == "dir":
+        # (Ollama imports a folder only when it holds Safetensors weights)
+        weights = "" if any(target.glob("*.safetensors")) else " without model weights"
+        return f"FROM {args} is a folder{weights}, not a GGUF file ({target})", "FROM ./<x>.gguf"
+    try:
+        with target.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        return f"FROM {args} cannot be read ({e.strerror})", "check the file"
+    if magic != b"GGUF":
+        return (
+            f"FROM {args} is not a GGUF file (no GGUF header): not a model llama.cpp can load",
+            beside,
         )
-    elif kind == "dir" and target is not None and not any(target.glob("*.safetensors")):
-        # Ollama imports a folder only when it holds Safetensors weights
-        findings.add(
-            "E304",
-            model,
-            f"FROM {model.args} is a folder without model weights ({target})",
-            "name the GGUF file: FROM ./<model>.gguf",
-        )
-    return target
+    return None
 
 
 def _check_system(mf: Modelfile, registry: Registry, findings: _Findings) -> None:
@@ -419,6 +468,41 @@ def _check_parameters(mf: Modelfile, findings: _Findings) -> None:
             )
 
 
+# A stop that is a plain word or one punctuation mark ends a reply wherever it occurs.
+_CUTTING_STOP = re.compile(r"\s*(?:[^\W\d_]+|[.,!?;:])\s*")
+
+
+def _check_stops(mf: Modelfile, findings: _Findings) -> None:
+    for c in mf.commands:
+        if c.name == "stop" and _CUTTING_STOP.fullmatch(c.args):
+            findings.add(
+                "E310",
+                c,
+                f"PARAMETER stop {_go(c.args)} is ordinary text: every reply ends at its first "
+                f"{c.args.strip()!r}",
+                "stop only on the chat family's special tokens (meshtune export writes them)",
+            )
+
+
+def context_findings(mf: Modelfile, context: int | None, where: str) -> list[Issue]:
+    """num_ctx within the context the model was trained for: beyond it, a long prompt is read
+    with positions the model never saw."""
+    return [
+        Issue(
+            "E311",
+            where,
+            p.line,
+            f"PARAMETER num_ctx {p.args.strip()} is beyond the model's context ({context} tokens)",
+            f"set num_ctx {context} or less",
+        )
+        for p in mf.parameters
+        if p.name == "num_ctx"
+        and context
+        and re.fullmatch(r"\s*\d+\s*", p.args)
+        and int(p.args) > context
+    ]
+
+
 def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue]:
     findings: list[Issue] = []
     family = chat.family_of_template(info.chat_template)
@@ -435,6 +519,7 @@ def _check_against_gguf(mf: Modelfile, info: GgufInfo, where: str) -> list[Issue
             )
         )
     findings += stop_findings(mf, family, where)
+    findings += context_findings(mf, info.context_length, where)
     template = mf.first("template")
     if template is None:
         return findings

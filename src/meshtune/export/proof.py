@@ -3,6 +3,7 @@ the same tokens, Ollama's TEMPLATE renders the trained prompt, greedy replies st
 Modelfile lints clean. Each check runs once; the result (RUN/verify.json) names the very file
 proved, by sha256 and size, and deploy ships nothing else."""
 
+import re
 import tempfile
 from dataclasses import dataclass
 from hashlib import sha256
@@ -13,6 +14,7 @@ from meshtune import chat, ollama
 from meshtune.errors import MeshtuneError
 from meshtune.export import modelfile
 from meshtune.export.merge import THREADS, torch_threads
+from meshtune.files import read_json
 from meshtune.meshmaster import OPTIONS, SHIPPED, build_prompt
 from meshtune.meshmaster.truncation import ollama_cut
 from meshtune.rundir import Check, ExportInfo, RunDir, Verification
@@ -86,10 +88,12 @@ class _Chats:
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         # A reply must end before the bot's own limit (Mesh Master sends num_predict 80), and
         # before the Modelfile's when that is lower.
-        num_predict = int(next((p.args for p in mf.parameters if p.name == "num_predict"), 10**6))
+        # (a num_predict Ollama would reject is the modelfile check's finding, not a crash here)
+        num_predict = next((p.args for p in mf.parameters if p.name == "num_predict"), "")
+        limit = int(num_predict) if re.fullmatch(r"\s*-?\d+\s*", num_predict) else 10**6
         eot = tokenizer.convert_tokens_to_ids(chat.family_of(tokenizer).end_of_turn)
         quick = len(quick_prompts())
-        return cls(chats, texts, ids, quick, eot, min(num_predict, OPTIONS["num_predict"]))
+        return cls(chats, texts, ids, quick, eot, min(limit, OPTIONS["num_predict"]))
 
 
 def verify(
@@ -104,6 +108,7 @@ def verify(
             f"{run.export_info}: `quant` {exported.quant!r} is not a type meshtune exports "
             f"({', '.join(LOGIT_BOUNDS)}); re-run `meshtune export`"
         )
+    modelfile_digest = file_digest(run.modelfile)[0]  # what is proved is the file as written
     mf = ollama.read(run.modelfile)
     gguf_path = run.path / exported.gguf
     if not gguf_path.is_file() or not (run.merged / "config.json").is_file():
@@ -119,11 +124,14 @@ def verify(
     checks = _llama_cpp_checks(
         gguf_path, run.merged, tokenizer, chats, template.args if template else "", exported.quant
     )
-    checks.append(_check_modelfile(run.modelfile, mf, chat.family_of(tokenizer)))
-    result = Verification(exported.gguf, exported.quant, checks, digest, size)
+    context = _context_length(run.merged)
+    checks.append(_check_modelfile(run.modelfile, mf, chat.family_of(tokenizer), context))
+    result = Verification(exported.gguf, exported.quant, checks, digest, size, modelfile_digest)
     now = gguf_path.stat()
     if (now.st_size, now.st_mtime_ns) != (proved_stat.st_size, proved_stat.st_mtime_ns):
         raise MeshtuneError(f"{gguf_path}: changed while it was verified; run verify again")
+    if file_digest(run.modelfile)[0] != modelfile_digest:
+        raise MeshtuneError(f"{run.modelfile}: changed while it was verified; run verify again")
     result.save(run.verification)
     return result
 
@@ -169,11 +177,21 @@ def _llama_cpp_checks(
     return [*checks, stops]
 
 
-def _check_modelfile(path: Path, mf: ollama.Modelfile, family: chat.ChatFamily) -> Check:
-    """The Modelfile's lint, less what the checks above already proved on the GGUF itself (its
-    eos and TEMPLATE), plus the family's stops."""
+def _context_length(merged: Path) -> int | None:
+    """The context the model was built for (merged/config.json's max_position_embeddings)."""
+    n = read_json(merged / "config.json", "re-run export").get("max_position_embeddings")
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def _check_modelfile(
+    path: Path, mf: ollama.Modelfile, family: chat.ChatFamily, context: int | None
+) -> Check:
+    """The Modelfile's lint (`meshtune modelfile check`), less what the checks above already
+    proved on the GGUF itself (its eos and TEMPLATE), plus the family's stops and num_ctx
+    against the model's context."""
     findings = modelfile.check(path, against_gguf=False)
     findings += modelfile.stop_findings(mf, family, str(path))
+    findings += modelfile.context_findings(mf, context, str(path))
     errors = [f for f in findings if f.severity == "error"]
     return Check(
         "modelfile",

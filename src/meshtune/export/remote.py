@@ -4,9 +4,11 @@ Copy the GGUF and Modelfile, `ollama create` there, ask the new model one quick 
 the Pi's Ollama exactly as Mesh Master would, and only then point Mesh Master's config.json at
 it (a backup beside it) and restart the service. The order is the safety: until the new model
 has answered, nothing the bot uses has changed, so any failure leaves the old model and config
-in place; a failed restart puts the old config.json back.
+in place; a failed restart puts the old config.json back. The config is edited byte for byte
+as locally (config_edit), in the file a symlink names, with a backup created exclusively.
 """
 
+import hashlib
 import json
 import re
 import shlex
@@ -14,14 +16,16 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from meshtune import meshmaster
 from meshtune.errors import MeshtuneError
-from meshtune.export.deploy import check_name, proven_files, set_ollama_model
+from meshtune.export import config_edit
+from meshtune.export.deploy import check_name, proven_files
 from meshtune.export.proof import quick_prompts
+from meshtune.files import read_text
+from meshtune.rundir import RunDir
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15")  # never wait on a password
@@ -54,6 +58,47 @@ print(json.dumps({"reply": "".join(parts), "done": bool(final),
                   "done_reason": final.get("done_reason"), "eval_count": final.get("eval_count")}))
 """
 
+# Runs on the Pi: replace CONFIG's file (a symlink's target) with stdin's bytes, if it still
+# holds what was read (sha256 OLD); with `backup`, first copy it to a .bak name created
+# exclusively (never overwriting another deploy's backup). Prints the backup's path.
+_SWAP = """
+import hashlib, os, shutil, sys, time
+config, old, mode = sys.argv[1:4]
+new = sys.stdin.buffer.read()
+target = os.path.realpath(config)
+with open(target, "rb") as f:
+    if hashlib.sha256(f.read()).hexdigest() != old:
+        sys.exit(config + " changed since it was read; run deploy again")
+folder, name = os.path.split(target)
+backup = ""
+if mode == "backup":
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1, 1000):
+        backup = os.path.join(folder, name + "." + stamp + ("" if n == 1 else "-%d" % n) + ".bak")
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as out, open(target, "rb") as src:
+            shutil.copyfileobj(src, out)
+        shutil.copystat(target, backup)
+        break
+    else:
+        sys.exit("999 backups of " + config + " this second; remove old .bak files")
+tmp = os.path.join(folder, "." + name + ".meshtune-tmp%d" % os.getpid())
+try:
+    with open(tmp, "xb") as out:
+        out.write(new)
+        out.flush()
+        os.fsync(out.fileno())
+    shutil.copymode(target, tmp)
+    os.replace(tmp, target)
+finally:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+print(backup)
+"""
+
 
 @dataclass(slots=True)
 class RemoteDeployed:
@@ -61,7 +106,8 @@ class RemoteDeployed:
     folder: str  # on the Pi
     reply: str | None = None  # the new model's answer to the quick prompt
     config: str | None = None
-    backup: str | None = None
+    backup: str | None = None  # on the Pi, beside config.json's file
+    knowledge: str | None = None  # the knowledge file on the Pi, when the run has one
     restarted: str | None = None
 
 
@@ -114,6 +160,7 @@ class Ssh:
         return Step(name, argv, stdin, shown or None)
 
     def copy(self, files: Sequence[Path], folder: str) -> Step:
+        what = "GGUF and Modelfile" if len(files) == 2 else "GGUF, Modelfile and knowledge file"
         argv = [
             "scp",
             "-q",
@@ -122,9 +169,9 @@ class Ssh:
             *map(str, files),
             f"{self.target}:{folder}/",
         ]
-        return Step("copy GGUF and Modelfile", argv)
+        return Step(f"copy {what}", argv)
 
-    def run(self, step: Step) -> str:
+    def run(self, step: Step) -> bytes:
         """One step; its failure is a one-line error naming the step and ssh's last words."""
         self.log(step.line())
         try:
@@ -139,7 +186,7 @@ class Ssh:
                 f"{step.name} failed on {self.target} (exit {proc.returncode}): "
                 f"{words[-1] if words else 'no output'}"
             )
-        return proc.stdout.decode(errors="replace")
+        return proc.stdout
 
 
 def _local_files(folder: Path, force: bool) -> tuple[Path, Path]:
@@ -161,32 +208,28 @@ def bot_request(name: str, bot: meshmaster.BotConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PiConfig:
-    """The Pi's config.json as the bot reads it, and its text with only `ollama_model` set."""
+    """The Pi's config.json as the bot reads it, its bytes, and its new bytes with only the
+    deploy's values changed."""
 
     bot: meshmaster.BotConfig
     url: str
-    new_text: str
+    old: bytes
+    new: bytes
 
 
-def read_config(text: str, name: str, where: str) -> PiConfig:
-    """Parse and edit a local copy, with meshmaster's reader and export's own editor; refuse
-    the name the bot runs now, which `ollama create` would overwrite before it is proven."""
+def read_config(data: bytes, name: str, knowledge: str | None, where: str) -> PiConfig:
+    """Edit the bytes read from the Pi (config_edit, which refuses the name the bot runs now)
+    and parse them with meshmaster's reader, from a local UTF-8 copy."""
+    new = config_edit.deploy_edit(data, name, knowledge, where)
+    decoded, raw = config_edit.parse(data, where)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
-        path.write_text(text, encoding="utf-8")
+        path.write_text(decoded.text, encoding="utf-8")
         try:
             bot = meshmaster.load_config(path)
-            set_ollama_model(path, name)
         except MeshtuneError as e:
             raise MeshtuneError(str(e).replace(str(path), where)) from e
-        new_text = path.read_text(encoding="utf-8")
-    raw = json.loads(text)
-    if raw.get("ollama_model") == name:
-        raise MeshtuneError(
-            f"{where}: ollama_model is already {name!r}; deploy under a new --name (e.g. "
-            f"{name}-2) so the running model stays until the new one has answered"
-        )
-    return PiConfig(bot, str(raw.get("ollama_url") or DEFAULT_OLLAMA_URL), new_text)
+    return PiConfig(bot, str(raw.get("ollama_url") or DEFAULT_OLLAMA_URL), data, new)
 
 
 def ask_step(ssh: Ssh, name: str, bot: meshmaster.BotConfig, url: str) -> Step:
@@ -196,15 +239,14 @@ def ask_step(ssh: Ssh, name: str, bot: meshmaster.BotConfig, url: str) -> Step:
     return ssh.step("ask the new model", command, body, shown)
 
 
-def swap_step(ssh: Ssh, config: str, backup: str, new_text: str) -> Step:
-    """Back up config.json (mode and time kept), then replace it atomically (rename)."""
-    tmp = f"{config}.meshtune-tmp"
-    command = (
-        f"cp -p -- {config} {backup} && "
-        f"{{ cat > {tmp} && chmod --reference={config} -- {tmp} && mv -- {tmp} {config}; }} "
-        f"|| {{ rm -f -- {tmp}; exit 1; }}"
-    )
-    return ssh.step("set ollama_model", command, new_text.encode())
+def swap_step(ssh: Ssh, name: str, config: str, old: bytes, new: bytes, backup: bool) -> Step:
+    """Replace config.json's file with `new` if it still holds `old`, a backup first."""
+    script = shlex.quote(_SWAP)
+    digest = hashlib.sha256(old).hexdigest()
+    mode = "backup" if backup else "no-backup"
+    command = f"python3 -c {script} {config} {digest} {mode}"
+    shown = f"ssh {ssh.target} python3: back up {config} (a new .bak), then replace it"
+    return ssh.step(name, command, new, shown)
 
 
 def deploy_remote(
@@ -223,59 +265,78 @@ def deploy_remote(
     that keeps the bot on its old model and config until the new model has answered."""
     name = check_name(name)
     mf_path, gguf = _local_files(Path(run_dir), force)
+    knowledge = _knowledge(Path(run_dir))
     if restart is not None and not re.fullmatch(r"[A-Za-z0-9@._-]+", restart):
         raise MeshtuneError(f"--restart {restart!r}: expected a systemd service name (mesh-ai)")
     ssh = Ssh(to, ssh_options, log)
     folder = remote_path(remote_dir or f"meshtune-models/{name}", "--remote-dir")
     conf = remote_path(config, "--mesh-master-config") if config else None
-    stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    backup = f"{conf}.{stamp}.bak" if conf else None
     result = RemoteDeployed(ssh.target, folder, config=config)
-    check = ssh.step("check ollama", "command -v ollama")
+    check = ssh.step("check ollama", "command -v ollama && pwd")  # pwd: the home, for paths
     read = ssh.step("read config.json", f"cat -- {conf}") if conf else None
     install = [
         ssh.step("make the model folder", f"mkdir -p -- {folder}"),
-        ssh.copy([gguf, mf_path], folder),
+        ssh.copy([gguf, mf_path, *([knowledge] if knowledge else [])], folder),
         ssh.step("ollama create", f"cd -- {folder} && ollama create {name} -f Modelfile"),
     ]
+    set_keys = "set ollama_model" + (" and meshtastic_knowledge_file" if knowledge else "")
     restart_step = ssh.step(f"restart {restart}", f"sudo -n systemctl restart {restart}")
-
     if dry_run:
         log("dry run: nothing is copied, created or changed; these steps would run:")
         url = "the config's ollama_url" if conf else DEFAULT_OLLAMA_URL
         steps = [check, read, *install, ask_step(ssh, name, meshmaster.SHIPPED, url)]
-        if conf and backup:
-            steps.append(swap_step(ssh, conf, backup, "<config.json with ollama_model set>"))
+        if conf:
+            steps.append(swap_step(ssh, set_keys, conf, b"", b"", backup=True))
         steps.append(restart_step if restart else None)
         for step in steps:
             if step is not None:
                 log(step.line())
         return result
 
-    ssh.run(check)
-    pi = read_config(ssh.run(read), name, f"{ssh.target}:{config}") if read else None
+    home = ssh.run(check).decode(errors="replace").strip().splitlines()[-1]
+    if knowledge:
+        base = folder if folder.startswith("/") else f"{home}/{folder}"
+        result.knowledge = f"{base}/{knowledge.name}"
+    where = f"{ssh.target}:{config}"
+    pi = read_config(ssh.run(read), name, result.knowledge, where) if read else None
     for step in install:
         ssh.run(step)
+    result.reply = _ask(ssh, name, pi)
+    log(f"  {name} answered: {result.reply!r}")
+    if pi and conf:
+        out = ssh.run(swap_step(ssh, set_keys, conf, pi.old, pi.new, backup=True))
+        result.backup = out.decode(errors="replace").strip().splitlines()[-1]
+    if restart:
+        try:
+            ssh.run(restart_step)
+        except MeshtuneError as e:
+            if not (pi and conf):
+                raise
+            ssh.run(swap_step(ssh, "restore config.json", conf, pi.new, pi.old, backup=False))
+            raise MeshtuneError(f"{e}; config.json restored from {result.backup}") from e
+        result.restarted = restart
+    return result
+
+
+def _knowledge(run: Path) -> Path | None:
+    """The run's knowledge file, copied beside the model on the Pi (UTF-8, as the bot reads)."""
+    path = RunDir(run).knowledge
+    if not path.is_file():
+        return None
+    read_text(path)
+    return path
+
+
+def _ask(ssh: Ssh, name: str, pi: PiConfig | None) -> str:
+    """The new model's reply to the quick prompt, sent as the bot sends it; none is an error
+    before config.json changes."""
     url = pi.url if pi else DEFAULT_OLLAMA_URL
-    out = ssh.run(ask_step(ssh, name, pi.bot if pi else meshmaster.SHIPPED, url)).split("\n")
-    answer = json.loads(out[-2] if len(out) > 1 else "{}")  # the script's last line
+    out = ssh.run(ask_step(ssh, name, pi.bot if pi else meshmaster.SHIPPED, url))
+    lines = out.decode(errors="replace").split("\n")
+    answer = json.loads(lines[-2] if len(lines) > 1 else "{}")  # the script's last line
     if not answer.get("done") or not answer.get("reply", "").strip():
         raise MeshtuneError(
             f"{url} on {ssh.target}: {name} gave no reply to the quick prompt; config.json was "
             "not changed"
         )
-    result.reply = answer["reply"]
-    log(f"  {name} answered: {answer['reply']!r}")
-    if pi and conf and backup:
-        ssh.run(swap_step(ssh, conf, backup, pi.new_text))
-        result.backup = f"{config}.{stamp}.bak"
-    if restart:
-        try:
-            ssh.run(restart_step)
-        except MeshtuneError as e:
-            if not (conf and backup):
-                raise
-            ssh.run(ssh.step("restore config.json", f"cp -p -- {backup} {conf}"))
-            raise MeshtuneError(f"{e}; config.json restored from {result.backup}") from e
-        result.restarted = restart
-    return result
+    return answer["reply"]

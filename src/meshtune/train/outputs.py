@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meshtune.errors import MeshtuneError
-from meshtune.files import atomic, write_text
+from meshtune.files import atomic, atomic_folder, write_text
 from meshtune.rundir import RunDir
 from meshtune.train.state import TrainState
 
@@ -42,7 +42,7 @@ def prepare_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
 
 
 def save_adapter(model: Any, folder: Path) -> None:
-    with atomic(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
 
 
@@ -63,7 +63,7 @@ def save_checkpoint(
     rng = {"torch": torch.get_rng_state(), "random": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    with atomic(root / f"step-{state.step:06d}") as tmp:
+    with atomic_folder(root / f"step-{state.step:06d}") as tmp:
         tmp.mkdir()
         model.save_pretrained(tmp / "adapter")
         torch.save(
