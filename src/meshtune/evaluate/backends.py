@@ -90,9 +90,8 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
         return _run_spec(model, run, backend, deploy_system)
     if model in models.EMBEDDED_ALIASES:
         gguf = models.embedded_gguf()
-        return ModelSpec(
-            model, models.EMBEDDED, backend or "llamacpp", deploy_system, gguf, hf_name=model
-        )
+        backend = backend or ("hf" if on_gpu() else "llamacpp")
+        return ModelSpec(model, models.EMBEDDED, backend, deploy_system, gguf, hf_name=model)
     if path.is_file() and path.suffix == ".gguf":
         # A Modelfile beside the GGUF (as export writes it) gives the SYSTEM and PARAMETERs.
         opts = modelfile_options(path.parent)
@@ -130,6 +129,15 @@ def _hf_folder(model: str, path: Path) -> Path | None:
         return None
 
 
+def on_gpu() -> bool:
+    """With a GPU, a run and the embedded model are evaluated through transformers by default:
+    the base and the tuned model on one batched path with one sampler (export's proof checks
+    the GGUF itself; --backend llamacpp still evaluates it)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _run_ggufs(run: Path) -> list[Path]:
     """The GGUF the latest `meshtune export` wrote (the one its Modelfile names), else every
     GGUF in the run."""
@@ -138,10 +146,10 @@ def _run_ggufs(run: Path) -> list[Path]:
 
 
 def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
-    """A run directory: its exported GGUF for llamacpp (the default once export has run),
-    else base + best adapter (or the merged folder) for hf."""
+    """A run directory: its exported GGUF for llamacpp (the default once export has run, on a
+    CPU), else base + best adapter (or the merged folder) for hf."""
     ggufs = _run_ggufs(run)
-    backend = backend or ("llamacpp" if ggufs else "hf")
+    backend = backend or ("llamacpp" if ggufs and not on_gpu() else "hf")
     opts = modelfile_options(run)
     if backend == "llamacpp":
         if not ggufs:
