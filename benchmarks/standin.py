@@ -43,12 +43,12 @@ SHAPES: dict[str, dict[str, Any]] = {
         max_position_embeddings=131072,
     ),
     "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,
         vocab_size=None,  # the tokenizer's
         max_position_embeddings=2048,
     ),
@@ -77,9 +77,10 @@ def build(tokenizer_dir: Path, cache: Path, shape: str = "llama-3.2-1b", seed: i
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     dims = {**SHAPES[shape]}
-    dims["vocab_size"] = dims["vocab_size"] or len(tok)
+    dims["vocab_size"] = dims["vocab_size"] or -(-len(tok) // 64) * 64  # rows padded, as Meta's
     # a tiny model's context is shorter than the rope's original one; scaling is kept
-    rope = {**ROPE, "original_max_position_embeddings": min(8192, dims["max_position_embeddings"])}
+    original = min(8192, dims["max_position_embeddings"] // 2)
+    rope = {**ROPE, "original_max_position_embeddings": original}
     config = LlamaConfig(
         **dims,
         rope_parameters=rope,
