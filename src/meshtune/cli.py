@@ -708,6 +708,7 @@ def run_lines(result: PipelineResult) -> list[str]:
         f"== done: {result.run_dir}",
         f"train: {train.steps} steps in {train.wall_time_s:.0f} s, {losses}",
         f"verdict: {base}tuned {result.verdict} (reports in {result.run_dir}/eval)",
+        "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
     ]
 
 

@@ -480,7 +480,8 @@ class HFBackend:
             return self.CPU_ROWS
         torch, config = self.torch, self.model.config
         free, total = torch.cuda.mem_get_info()
-        capped = torch.cuda.get_per_process_memory_fraction() * total - torch.cuda.memory_reserved()
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda: 1.0)()
+        capped = fraction * total - torch.cuda.memory_reserved()
         free = min(free, int(capped))
         head_dim = (
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
