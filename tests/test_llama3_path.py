@@ -84,14 +84,19 @@ def test_every_llama3_prompt_carries_the_training_date_on_any_day(hf_cache, anot
     assert f"Today Date: {chat.TEMPLATE_DATE}\n" in text and ANOTHER_DAY not in text
 
 
-def test_the_stand_in_has_meta_s_template_and_generation_defaults(hf_cache):
-    """What makes it a stand-in: Meta's chat template (its date line) and Meta's sampling
-    defaults in generation_config.json, which evaluation must not apply."""
+def test_the_models_own_sampling_defaults_never_reach_the_evaluation(hf_cache):
+    """The stand-in ships Meta's generation_config.json (do_sample, temperature 0.6): under
+    the greedy profile every seed still gets the one greedy reply."""
     import json
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(hf_cache)
     assert chat.family_of(tokenizer).name == "llama3"
-    assert "Today Date: " in tokenizer.chat_template
     assert json.loads(Path(hf_cache, "generation_config.json").read_text())["do_sample"] is True
+    hf = open_backend(resolve_model(standin.REPO_ID), threads=1)
+    greedy = build_request(Item(id="q", prompt="What is SNR?"), get_profile("greedy"), "Be brief.")
+    replies = hf.generate_many([(greedy, seed) for seed in range(4)])
+    assert len({r.text for r in replies}) == 1
+    sampled = build_request(Item(id="q", prompt="What is SNR?"), get_profile("meshmaster"), "")
+    assert len({r.text for r in hf.generate_many([(sampled, s) for s in range(4)])}) > 1
