@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 from benchmarks import standin  # noqa: E402
 
@@ -53,7 +53,7 @@ def stand_in(tokenizer: Path, cache: Path) -> float:
 def meshtune_run(args: Any, env: dict[str, str]) -> dict[str, Any]:
     run = Path("/tmp/gpu_guide/run")
     cmd = [sys.executable, "-m", "meshtune", "run", str(REPO / "recipes/mesh-master-1b-v2.yaml"),
-           "--output-dir", str(run), "--overwrite"]  # fmt: skip
+           "--output-dir", str(run), "--overwrite", "--quant", args.quant]  # fmt: skip
     start = time.perf_counter()
     with open(args.out / "meshtune_run.log", "w") as log:
         code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -111,7 +111,7 @@ def notebook(args: Any, env: dict[str, str]) -> dict[str, Any]:
     path = REPO / "notebooks" / "meshtune_colab.ipynb"
     nb = nbformat.read(path, as_version=4)
     settings = ('INSTALL = False\nBASE = "llama-3.2-1b"\nHF_TOKEN = "stand-in"\n'
-                'RUN_DIR = "/tmp/gpu_guide/colab"\n')  # fmt: skip
+                f'RUN_DIR = "/tmp/gpu_guide/colab"\nQUANT = "{args.quant}"\n')  # fmt: skip
     tagged = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(tagged + 1, nbformat.v4.new_code_cell(settings))
     os.environ.update(env)
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--cpu-items", type=int, default=48)
+    parser.add_argument("--quant", default="Q8_0", help="the GGUF type export writes")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Path("/tmp/gpu_guide/hub")

@@ -668,6 +668,7 @@ def run_cmd(
         Path | None, typer.Option(help="The run directory (default: the recipe's).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    quant: Annotated[str, typer.Option(help="GGUF type: Q8_0, F16, Q4_K_M, ...")] = "Q8_0",
     samples: Annotated[int, typer.Option(help="Replies per eval item.")] = 3,
     suite: Annotated[str, typer.Option(help="Eval suite: mesh, quick or a JSONL file.")] = "mesh",
     mesh_master_config: MeshConfigOpt = None,
@@ -685,6 +686,7 @@ def run_cmd(
         recipe or pipeline.DEFAULT_RECIPE,
         output_dir,
         overwrite,
+        quant=quant,
         samples=samples,
         suite=suite,
         log=typer.echo,

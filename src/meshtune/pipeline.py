@@ -38,6 +38,10 @@ def run(
     from meshtune.recipe import load_recipe
     from meshtune.train import Options, train
 
+    from meshtune.export import QUANTS
+
+    if quant not in QUANTS:  # checked before hours of training, not after
+        raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
     if not recipe.is_file():
         raise MeshtuneError(f"{recipe}: no such recipe; run from a meshtune checkout or pass one")
     loaded = load_recipe(recipe)
