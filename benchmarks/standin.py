@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu_train import SHAPES as TRAIN_SHAPES
+
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "meta-llama/Llama-3.2-1B-Instruct"
 TEMPLATE = REPO / "tests" / "data" / "llama-3.2-chat-template.jinja"
@@ -32,16 +34,12 @@ SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|en
 ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.2-1b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-    ),
+    # gpu_train's shape, with the published head_dim and context
+    "llama-3.2-1b": {
+        **TRAIN_SHAPES["llama-3.2-1b"],
+        "head_dim": 64,
+        "max_position_embeddings": 131072,
+    },
     "tiny": dict(
         hidden_size=128,
         intermediate_size=256,
@@ -50,6 +48,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=2,
         head_dim=32,
         vocab_size=None,  # the tokenizer's
+        tie_word_embeddings=True,
         max_position_embeddings=2048,
     ),
 }
@@ -76,7 +75,7 @@ def build(tokenizer_dir: Path, cache: Path, shape: str = "llama-3.2-1b", seed: i
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dims = {**SHAPES[shape]}
+    dims = {k: v for k, v in SHAPES[shape].items() if k != "rope_theta"}  # rope below
     dims["vocab_size"] = dims["vocab_size"] or -(-len(tok) // 64) * 64  # rows padded, as Meta's
     # a tiny model's context is shorter than the rope's original one; scaling is kept
     original = min(8192, dims["max_position_embeddings"] // 2)
@@ -84,7 +83,6 @@ def build(tokenizer_dir: Path, cache: Path, shape: str = "llama-3.2-1b", seed: i
     config = LlamaConfig(
         **dims,
         rope_parameters=rope,
-        tie_word_embeddings=True,
         rms_norm_eps=1e-5,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -34,11 +34,9 @@ def run(
     The evaluation sends Mesh Master's request for the operator's config `bot` and `persona`."""
     from meshtune.evaluate import compare, evaluate
     from meshtune.evaluate.backends import on_gpu
-    from meshtune.export import export
+    from meshtune.export import QUANTS, export
     from meshtune.recipe import load_recipe
     from meshtune.train import Options, train
-
-    from meshtune.export import QUANTS
 
     if quant not in QUANTS:  # checked before hours of training, not after
         raise MeshtuneError(f"--quant {quant}: not offered; choose one of {', '.join(QUANTS)}")
