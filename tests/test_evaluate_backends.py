@@ -22,8 +22,9 @@ from meshtune.errors import MeshtuneError
 from meshtune.evaluate.backends import (
     LlamaCppBackend,
     OllamaBackend,
+    OllamaRepeatPenalty,
     OpenAIBackend,
-    WindowRepeatPenalty,
+    SeededDraw,
     resolve_model,
 )
 from meshtune.evaluate.profiles import Profile, build_request, get_profile
@@ -155,16 +156,59 @@ def test_hf_backend_merges_the_adapter_and_generates_under_the_profile(tmp_path)
     assert backend.generate(sampled, 7).text == backend.generate(sampled, 7).text
 
 
-def test_window_repeat_penalty_is_llama_cpps_over_generated_tokens_only():
+def test_the_repeat_penalty_is_ollamas_over_the_last_64_tokens_prompt_included():
     import torch
 
     scores = torch.tensor([[2.0, -2.0, 1.0, 4.0]])
-    prompt = torch.tensor([[3, 3]])  # token 3 only in the prompt: not penalised
-    pen = WindowRepeatPenalty(2.0, prompt_len=2, last_n=2)
-    out = pen(torch.cat([prompt, torch.tensor([[0, 1]])], 1), scores.clone())
-    assert out.tolist() == [[1.0, -4.0, 1.0, 4.0]]
-    old = pen(torch.cat([prompt, torch.tensor([[0, 1, 2, 2]])], 1), scores.clone())
-    assert old.tolist() == [[2.0, -2.0, 0.5, 4.0]]  # token 0 fell out of the 2-token window
+    pen = OllamaRepeatPenalty(2.0, pads=[0], last_n=3)
+    # token 3 is in the prompt and in the window: penalised as Ollama's runner does
+    out = pen(torch.tensor([[3, 0, 1]]), scores.clone())
+    assert out.tolist() == [[1.0, -4.0, 1.0, 2.0]]
+    # token 3 fell out of the 3-token window; a token seen twice is penalised once
+    old = pen(torch.tensor([[3, 0, 2, 2]]), scores.clone())
+    assert old.tolist() == [[1.0, -2.0, 0.5, 4.0]]
+    # a row's left padding is not part of its sequence (the pad here is token 1)
+    padded = OllamaRepeatPenalty(2.0, pads=[2], last_n=3)(torch.tensor([[1, 1, 2]]), scores)
+    assert padded.tolist() == [[2.0, -2.0, 0.5, 4.0]]
+
+
+def test_a_seeded_draw_follows_softmax_and_depends_only_on_its_seed_and_step():
+    import torch
+
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1, 0.0]))  # the last token is masked out
+    seeds = list(range(3000))
+    draw = SeededDraw(seeds, prompt_width=5)
+    picked = draw(torch.zeros(3000, 5, dtype=torch.long), logits.repeat(3000, 1)).argmax(1)
+    share = torch.bincount(picked, minlength=4) / 3000
+    assert torch.allclose(share, torch.tensor([0.6, 0.3, 0.1, 0.0]), atol=0.03)
+    # seed 7 draws the same token alone or in any batch; the next step draws anew
+    alone = SeededDraw([7], 5)(torch.zeros(1, 5, dtype=torch.long), logits[None]).argmax(1)
+    assert alone.item() == picked[7].item()
+    steps = {
+        SeededDraw([7], 5)(torch.zeros(1, 5 + s, dtype=torch.long), logits[None]).argmax().item()
+        for s in range(30)
+    }
+    assert len(steps) > 1
+
+
+def test_hf_batches_give_each_row_the_reply_it_gets_alone(tmp_path):
+    """Many items and samples in one generate call, under the bot's sampler: a row's reply is
+    its own (padding and neighbours change nothing), so base and tuned, given the same seeds,
+    draw from the same stream."""
+    from meshtune.evaluate.backends import open_backend
+
+    run = tiny_run(tmp_path)
+    backend = open_backend(resolve_model(str(run)), threads=2)
+    backend.CPU_ROWS = 5
+    items = [Item(id=f"q{i}", prompt="How do I relay to alice? " * (i + 1)) for i in range(3)]
+    asks = [(request("meshmaster", item=it, num_predict=8), s) for it in items for s in (0, 1)]
+    done: list[int] = []
+    batched = backend.generate_many(asks, done.append)
+    assert done == [5, 6]  # the longest prompts first, five rows a batch
+    alone = [backend.generate(r, s) for r, s in asks]
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in alone]
+    assert batched[0].text != batched[1].text  # two seeds, two draws
 
 
 # ---------------------------------------------------------------- servers

@@ -38,44 +38,82 @@ def test_the_parameters_are_one_cell_near_the_top_and_nothing_else_sets_them():
         assert f"\n{name} =" not in f"\n{later}", f"{name} is set again after the parameters cell"
 
 
-def test_the_colab_notebook_executes_every_cell_on_cpu_with_the_embedded_model(tmp_path: Path):
+def execute(tmp_path: Path, settings: str, env: dict[str, str]) -> tuple[str, list[str]]:
+    """The notebook run top to bottom with `settings` as the cell after the parameters and
+    `env` in the kernel's environment; returns what the cells printed and their HTML."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    run = tmp_path / "run"
-    overrides = nbformat.v4.new_code_cell(
-        "INSTALL = False\n"
-        f"RUN_DIR = {str(run)!r}\n"
-        "MAX_STEPS = 2\n"
-        'OVERRIDES = ["sequence_len=512", "val_set_size=8"]\n'
-        'SUITE = "quick"\n'
-        "SAMPLES = 1\n"
-    )
-    nb.cells.insert(_parameters_index(nb) + 1, overrides)
-    env_token = os.environ.pop("HF_TOKEN", None)  # "auto" must choose the embedded model
+    nb.cells.insert(_parameters_index(nb) + 1, nbformat.v4.new_code_cell(settings))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         # a cell that errors raises CellExecutionError here, naming the cell and the error
         where = {"metadata": {"path": str(NOTEBOOK.parent)}}  # the kernel starts in notebooks/
         NotebookClient(nb, timeout=600, kernel_name="python3", resources=where).execute()
     finally:
-        if env_token is not None:
-            os.environ["HF_TOKEN"] = env_token
-    nbformat.write(nb, tmp_path / "executed.ipynb")  # for reading when this test fails
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        nbformat.write(nb, tmp_path / "executed.ipynb")  # for reading when this test fails
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    printed = "\n".join(o.get("text", "") for o in outputs)
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    return printed, html
 
-    printed = "\n".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
-    assert "base smollm2-135m (CPU), recipe recipes/embedded-cpu.yaml" in printed
-    assert "0 errors" in printed  # data check
-    assert json.loads((run / "train_summary.json").read_text())["steps"] == 2
-    html = [
-        o["data"]["text/html"]
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if "text/html" in o.get("data", {})
-    ]
-    assert any("meshtune compare: A smollm2-135m vs B run" in h for h in html)
-    assert any("<p id='verdict'" in h for h in html)  # the tuned model's report, inline
+
+def check_bundle(run: Path) -> None:
     export = json.loads((run / "export.json").read_text())
     with zipfile.ZipFile(run / "mesh-master-tuned-deploy.zip") as zf:
         assert sorted(zf.namelist()) == sorted([export["gguf"], "Modelfile", "DEPLOY.md"])
         assert zf.getinfo(export["gguf"]).file_size == (run / export["gguf"]).stat().st_size
+
+
+QUICK = 'INSTALL = False\nMAX_STEPS = 2\nSUITE = "quick"\nSAMPLES = 1\n'
+
+
+def test_the_colab_notebook_executes_every_cell_on_cpu_with_the_embedded_model(tmp_path: Path):
+    run = tmp_path / "run"
+    settings = (
+        QUICK + f'RUN_DIR = {str(run)!r}\nOVERRIDES = ["sequence_len=512", "val_set_size=8"]\n'
+    )
+    env_token = os.environ.pop("HF_TOKEN", None)  # "auto" must choose the embedded model
+    try:
+        printed, html = execute(tmp_path, settings, {})
+    finally:
+        if env_token is not None:
+            os.environ["HF_TOKEN"] = env_token
+
+    assert "base smollm2-135m (CPU), recipe recipes/embedded-cpu.yaml" in printed
+    assert "0 errors" in printed  # data check
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 2
+    assert any("meshtune compare: A smollm2-135m vs B run" in h for h in html)
+    assert any("<p id='verdict'" in h for h in html)  # the tuned model's report, inline
+    check_bundle(run)
+
+
+def test_the_notebooks_llama_branch_runs_from_a_hugging_face_cache_offline(tmp_path: Path):
+    """The 1B branch as a Colab user with a token runs it, on the CPU: the guide's recipe on a
+    tiny stand-in for meta-llama/Llama-3.2-1B-Instruct (Meta's template) that the
+    `snapshot_download` cell finds in the Hugging Face cache, offline; evaluation resolves the
+    same id from the cache."""
+    from benchmarks import standin
+    from tests.tiny import llama32_tokenizer_from
+
+    from meshtune.models import resolve
+
+    llama32_tokenizer_from(resolve("smollm2-135m").folder).save_pretrained(tmp_path / "tok")
+    standin.build(tmp_path / "tok", tmp_path / "hub", shape="tiny")
+    run = tmp_path / "run"
+    settings = QUICK + (
+        f'RUN_DIR = {str(run)!r}\nBASE = "llama-3.2-1b"\nHF_TOKEN = "stand-in"\n'
+        'OVERRIDES = ["val_set_size=8"]\nQUANT = "F16"\n'  # a float GGUF: quick to write and prove
+    )
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    printed, html = execute(tmp_path, settings, env)
+
+    assert f"base {standin.REPO_ID} (CPU), recipe recipes/mesh-master-1b-v2.yaml" in printed
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert (summary["steps"], summary["family"]) == (2, "llama3")
+    assert any(f"meshtune compare: A {standin.REPO_ID} vs B run" in h for h in html)
+    check_bundle(run)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmarks.standin import llama32_tokenizer as llama32_tokenizer_from  # noqa: F401 (re-exported)
 
 from meshtune.rundir import RunDir, TrainSummary
 
@@ -25,7 +26,6 @@ LLAMA3_TEMPLATE = (
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{%- endif %}"
 )
-LLAMA32_TEMPLATE = Path(__file__).parent / "data" / "llama-3.2-chat-template.jinja"
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -186,22 +186,6 @@ def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
     )
     keys.update(extra)
     return write_recipe(tmp_path, **keys)
-
-
-def llama32_tokenizer_from(smol_folder: Path):
-    """A llama3-family tokenizer with Meta's Llama-3.2-1B-Instruct chat template (tests/data,
-    from its tokenizer_config.json) and BOS added on every encode, as Llama-3's tokenizer does:
-    SmolLM2's vocabulary plus Llama-3's special tokens, so nothing is downloaded."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(smol_folder)
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
-    tok.add_special_tokens({"additional_special_tokens": specials})
-    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tok.add_bos_token = True
-    tok.chat_template = LLAMA32_TEMPLATE.read_text()
-    return tok
 
 
 def tiny_base(folder: Path, tokenizer, *, tie=False, init=0.5, rope=None, seed=0):

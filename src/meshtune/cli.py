@@ -850,6 +850,7 @@ def run_cmd(
         Path | None, typer.Option(help="The run directory (default: the recipe's).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    quant: Annotated[str, typer.Option(help="GGUF type: Q8_0, F16, Q4_K_M, ...")] = "Q8_0",
     samples: Annotated[int, typer.Option(help="Replies per eval item.")] = 3,
     suite: Annotated[str, typer.Option(help="Eval suite: mesh, quick or a JSONL file.")] = "mesh",
     mesh_master_config: MeshConfigOpt = None,
@@ -867,6 +868,7 @@ def run_cmd(
         recipe or pipeline.DEFAULT_RECIPE,
         output_dir,
         overwrite,
+        quant=quant,
         samples=samples,
         suite=suite,
         log=typer.echo,
@@ -890,6 +892,7 @@ def run_lines(result: PipelineResult) -> list[str]:
         f"== done: {result.run_dir}",
         f"train: {train.steps} steps in {train.wall_time_s:.0f} s, {losses}",
         f"verdict: {base}tuned {result.verdict} (reports in {result.run_dir}/eval)",
+        "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()),
     ]
 
 

@@ -338,7 +338,8 @@ class PipelineResult(_Record):
     export: dict[str, Any]  # gguf, seconds, verified
     verdict: str
     ready: bool
-    comparison: dict[str, Any] | None = None  # base vs tuned, when the base runs in llama.cpp
+    comparison: dict[str, Any] | None = None  # base vs tuned, when the base was evaluated
+    seconds: dict[str, float] = field(default_factory=dict)  # each stage's, and the total
 
     TRAIN_KEYS = (
         "steps",

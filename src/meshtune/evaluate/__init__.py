@@ -219,10 +219,13 @@ def _run(
     registry: Registry,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
-    """Every item's replies, in suite order. A llama.cpp backend with several lanes runs
-    items k, k+n, k+2n, ... on lane k (a fixed split, so a run is reproducible); the other
-    backends send one request at a time, as the bot does."""
+    """Every item's replies, in suite order. transformers decodes every item and sample in
+    batches; a llama.cpp backend with several lanes runs items k, k+n, k+2n, ... on lane k (a
+    fixed split, so a run is reproducible); the other backends send one request at a time, as
+    the bot does."""
     seeds = [seed + s for s in range(samples)]
+    if hasattr(engine, "generate_many"):
+        return _run_batched(engine, suite, ask, seeds, registry, progress)
     lanes = len(getattr(engine, "lanes", [None]))
     results: dict[int, list[dict[str, Any]]] = {}
     lock, failed = threading.Lock(), threading.Event()
@@ -259,6 +262,25 @@ def _run(
                 failed.set()
                 raise
     return [row for i in range(len(suite.items)) for row in results[i]]
+
+
+def _run_batched(
+    engine: Any,
+    suite: Suite,
+    ask: Asker,
+    seeds: list[int],
+    registry: Registry,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    asks = [(ask(item), s) for item in suite.items for s in seeds]
+    n = len(suite.items)
+    done = (lambda rows: progress(rows // len(seeds), n)) if progress else None
+    gens = engine.generate_many(asks, done)
+    return [
+        _row(item, s, seeds[s], gens[i * len(seeds) + s], registry)
+        for i, item in enumerate(suite.items)
+        for s in range(len(seeds))
+    ]
 
 
 def _row(

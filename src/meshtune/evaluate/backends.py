@@ -14,11 +14,13 @@ into num_predict ("length").
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshtune import jsontext, models, rundir
+from meshtune.chat import TEMPLATE_DATE
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.http_post import TIMEOUT_S, Answer, json_object
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
@@ -87,9 +89,8 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
         return _run_spec(model, run, backend, deploy_system)
     if model in models.EMBEDDED_ALIASES:
         gguf = models.embedded_gguf()
-        return ModelSpec(
-            model, models.EMBEDDED, backend or "llamacpp", deploy_system, gguf, hf_name=model
-        )
+        backend = backend or ("hf" if on_gpu() else "llamacpp")
+        return ModelSpec(model, models.EMBEDDED, backend, deploy_system, gguf, hf_name=model)
     if path.is_file() and path.suffix == ".gguf":
         # A Modelfile beside the GGUF (as export writes it) gives the SYSTEM and PARAMETERs.
         opts = modelfile_options(path.parent)
@@ -98,17 +99,42 @@ def resolve_model(model: str, backend: str | None = None, system: str | None = N
         return ModelSpec(
             model, path.stem, backend or "llamacpp", deploy_system, path, model, None, None, opts
         )
-    if path.is_dir() and (path / "config.json").is_file():
-        if backend == "llamacpp":
-            raise MeshtuneError(
-                f"{path}: a Hugging Face folder, not a GGUF; pass the .gguf (meshtune export "
-                "writes one) or use --backend hf"
-            )
-        return ModelSpec(model, path.name, "hf", deploy_system, hf_name=model)
-    raise MeshtuneError(
-        f"{model}: not a run directory, model folder, .gguf file or '{models.EMBEDDED}'; "
-        "for a model served by Ollama or an OpenAI-compatible server pass --backend ollama|openai"
-    )
+    folder = _hf_folder(model, path)
+    if folder is None:
+        raise MeshtuneError(
+            f"{model}: not a run directory, model folder, .gguf file, '{models.EMBEDDED}' or a "
+            "Hugging Face id in the local cache; for a model served by Ollama or an "
+            "OpenAI-compatible server pass --backend ollama|openai"
+        )
+    if backend == "llamacpp":
+        raise MeshtuneError(
+            f"{model}: a Hugging Face model, not a GGUF; pass the .gguf (meshtune export "
+            "writes one) or use --backend hf"
+        )
+    label = path.name if path.is_dir() else model  # a cached id by its id, not its snapshot
+    return ModelSpec(model, label, "hf", deploy_system, hf_name=str(folder))
+
+
+def _hf_folder(model: str, path: Path) -> Path | None:
+    """A Hugging Face folder, or an id in the local cache, found the way `train` finds its
+    base model (models.resolve); None when it is neither."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        return None
+    if not path.is_dir() and (path.exists() or model.count("/") != 1):
+        return None
+    try:
+        return models.resolve(model).folder
+    except models.ModelNotFound:
+        return None
+
+
+def on_gpu() -> bool:
+    """With a GPU, a run and the embedded model are evaluated through transformers by default:
+    the base and the tuned model on one batched path with one sampler (export's proof checks
+    the GGUF itself; --backend llamacpp still evaluates it)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run_ggufs(run: Path) -> list[Path]:
@@ -119,10 +145,10 @@ def _run_ggufs(run: Path) -> list[Path]:
 
 
 def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
-    """A run directory: its exported GGUF for llamacpp (the default once export has run),
-    else base + best adapter (or the merged folder) for hf."""
+    """A run directory: its exported GGUF for llamacpp (the default once export has run, on a
+    CPU), else base + best adapter (or the merged folder) for hf."""
     ggufs = _run_ggufs(run)
-    backend = backend or ("llamacpp" if ggufs else "hf")
+    backend = backend or ("llamacpp" if ggufs and not on_gpu() else "hf")
     opts = modelfile_options(run)
     if backend == "llamacpp":
         if not ggufs:
@@ -253,8 +279,9 @@ class LlamaCppBackend:
         ]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        """The tokens of the chat, rendered by the GGUF's template as llama-cpp-python does."""
-        rendered = self.formatter(messages=messages)
+        """The tokens of the chat, rendered by the GGUF's template as llama-cpp-python does, with
+        the date training rendered (a Llama-3 template would print today's date)."""
+        rendered = self.formatter(messages=messages, date_string=TEMPLATE_DATE)
         return self.llm.tokenize(
             rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
         )
@@ -425,9 +452,20 @@ class _Lane:
 
 
 class HFBackend:
-    """transformers in-process; a LoRA adapter is merged into the base once at load."""
+    """transformers in-process: on the GPU when there is one (bf16, or fp16 where the card has
+    no bf16, as on a T4), else float32 on the CPU. A LoRA adapter is merged into the base once
+    at load.
+
+    Many requests and samples go through one batched `generate` (its KV cache, left padding,
+    the longest prompts first), under Ollama's sampler: the repeat penalty over the last
+    REPEAT_LAST_N tokens of prompt and reply (OllamaRepeatPenalty), top_k, temperature, top_p,
+    min_p, then each row's own seeded draw (SeededDraw). A row's reply depends on its request
+    and seed, not on the rows beside it, so two models given the same seeds sample from the
+    same random stream: their replies are paired.
+    """
 
     name = "hf"
+    CPU_ROWS = 8  # rows a CPU batch decodes together
 
     def __init__(self, folder: Path, adapter: Path | None = None, threads: int | None = None):
         import torch
@@ -435,85 +473,219 @@ class HFBackend:
 
         from meshtune.chat import family_of
 
-        torch.set_num_threads(threads or default_threads())
         self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(threads or default_threads())
+            dtype = torch.float32
+        else:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.device)
         if adapter is not None:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         self.model = model.eval()
+        self.dtype = str(dtype).removeprefix("torch.")
         eot = self.tokenizer.convert_tokens_to_ids(family_of(self.tokenizer).end_of_turn)
         self.stop_ids = sorted({eot, self.tokenizer.eos_token_id} - {None})
 
-    def generate(self, request: Request, seed: int) -> Generation:
-        from transformers import LogitsProcessorList
-
+    def prompt_ids(self, request: Request) -> list[int]:
         from meshtune.chat import render
         from meshtune.data import Message
 
-        o = request.profile.sampling
         messages = [Message(m["role"], m["content"]) for m in request.messages]  # type: ignore[arg-type]
         text = render(self.tokenizer, messages, generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        sampling: dict[str, Any] = {"do_sample": False}
-        if o.temperature > 0:
-            sampling = {
-                "do_sample": True,
-                "temperature": o.temperature,
-                "top_p": o.top_p,
-                "top_k": o.top_k,
-            }
-        processors = LogitsProcessorList()
-        if o.repeat_penalty != 1.0:
-            processors.append(WindowRepeatPenalty(o.repeat_penalty, ids.shape[1]))
-        self.torch.manual_seed(seed)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, request: Request, seed: int) -> Generation:
+        return self.generate_many([(request, seed)])[0]
+
+    def generate_many(
+        self, asks: list[tuple[Request, int]], done: Callable[[int], None] | None = None
+    ) -> list[Generation]:
+        """Every (request, seed), in batches that fit the device; `done(n)` after each batch.
+        The requests share one profile (its options and num_predict)."""
+        if any(r.profile != asks[0][0].profile for r, _ in asks):
+            raise MeshtuneError("hf: one batch of requests must share one profile")
+        prompts = [self.prompt_ids(r) for r, _ in asks]
+        limit = asks[0][0].profile.num_predict
+        order = sorted(range(len(asks)), key=lambda i: -len(prompts[i]))
+        out: list[Generation | None] = [None] * len(asks)
+        start = 0
+        while start < len(order):
+            rows = self.rows_per_batch(len(prompts[order[start]]) + limit)
+            batch = order[start : start + rows]
+            gens = self._generate(
+                [prompts[i] for i in batch], [asks[i][1] for i in batch], asks[0][0].profile
+            )
+            for i, gen in zip(batch, gens, strict=True):
+                out[i] = gen
+            start += len(batch)
+            if done:
+                done(start)
+        return [g for g in out if g is not None]
+
+    def rows_per_batch(self, tokens: int) -> int:
+        """Rows decoded together: a few on the CPU; on the GPU as many as a quarter of the free
+        memory (under a per-process cap, if one is set) holds, counting each row's KV cache and
+        its float32 logits."""
+        if self.device == "cpu":
+            return self.CPU_ROWS
+        torch, config = self.torch, self.model.config
+        free, total = torch.cuda.mem_get_info()
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda: 1.0)()
+        capped = fraction * total - torch.cuda.memory_reserved()
+        free = min(free, int(capped))
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        kv = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2 * tokens
+        logits = 12 * config.vocab_size * 4  # the float32 scores and the sampler's copies
+        return max(1, min(1024, free // 4 // (kv + logits)))
+
+    def _generate(
+        self, prompts: list[list[int]], seeds: list[int], profile: Any
+    ) -> list[Generation]:
+        from transformers import GenerationConfig
+
+        torch = self.torch
+        pad = self.stop_ids[0]
+        width = max(len(p) for p in prompts)
+        pads = [width - len(p) for p in prompts]
+        ids = torch.tensor(
+            [[pad] * n + p for n, p in zip(pads, prompts, strict=True)], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * n + [1] * len(p) for n, p in zip(pads, prompts, strict=True)], device=self.device
+        )
+        # The profile's options only: the model's generation_config.json (Llama-3.2 ships
+        # temperature 0.6) must not change the sampler.
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=profile.num_predict,
+            eos_token_id=self.stop_ids,
+            pad_token_id=pad,
+        )
         start = time.perf_counter()
-        with self.torch.no_grad():
+        with torch.no_grad():
             out = self.model.generate(
                 ids,
-                attention_mask=self.torch.ones_like(ids),
-                max_new_tokens=request.profile.num_predict,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.stop_ids[0],
-                logits_processor=processors,
-                **sampling,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=ollama_sampler(profile.sampling, pads, seeds, width),
             )
+        if self.device == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        new = out[0, ids.shape[1] :].tolist()
-        stopped = bool(new) and new[-1] in self.stop_ids
-        if stopped:
-            new = new[:-1]
-        return Generation(
-            self.tokenizer.decode(new, skip_special_tokens=True),
-            "stop" if stopped else "length",
-            len(new),
-            ids.shape[1],
-            seconds,
-        )
+        gens = []
+        for row, prompt in zip(out[:, width:].tolist(), prompts, strict=True):
+            stop = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+            new = row if stop is None else row[:stop]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            finish = "length" if stop is None else "stop"
+            gens.append(Generation(text, finish, len(new), len(prompt), seconds))
+        return gens
 
     def close(self) -> None:
         pass
 
 
-class WindowRepeatPenalty:
-    """llama.cpp's repeat_penalty: the last REPEAT_LAST_N generated tokens are penalised
-    (logit / p if positive, * p if negative), as llama-cpp-python does. transformers' own
-    repetition_penalty looks at the whole context, prompt included, which is not what the
-    deployed model sees."""
+def ollama_sampler(o: Sampling, pads: list[int], seeds: list[int], width: int) -> Any:
+    """Ollama's sampling chain as transformers logits processors (sample/samplers.go: the
+    penalty, top_k, temperature, softmax, top_p, min_p, the draw); greedy at temperature 0."""
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    def __init__(self, penalty: float, prompt_len: int, last_n: int = REPEAT_LAST_N):
-        self.penalty, self.prompt_len, self.last_n = penalty, prompt_len, last_n
+    chain = LogitsProcessorList()
+    if o.repeat_penalty != 1.0:
+        chain.append(OllamaRepeatPenalty(o.repeat_penalty, pads))
+    if o.temperature <= 0:
+        return chain
+    if o.top_k > 0:
+        chain.append(TopKLogitsWarper(o.top_k))
+    chain.append(TemperatureLogitsWarper(o.temperature))
+    if o.top_p < 1.0:
+        chain.append(TopPLogitsWarper(o.top_p))
+    if o.min_p > 0:
+        chain.append(MinPLogitsWarper(o.min_p))
+    chain.append(SeededDraw(seeds, width))
+    return chain
+
+
+class OllamaRepeatPenalty:
+    """Ollama's repeat_penalty: every token among the last REPEAT_LAST_N of the sequence, prompt
+    included (its runner accepts each prompt token into the sampler before the first draw), has
+    its logit divided by the penalty if positive, multiplied if not. transformers' own
+    repetition_penalty looks at the whole context, llama-cpp-python's at the reply only.
+    `pads`: each row's left padding, which is not part of its sequence."""
+
+    def __init__(self, penalty: float, pads: list[int], last_n: int = REPEAT_LAST_N):
+        self.penalty, self.pads, self.last_n = penalty, pads, last_n
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        generated = input_ids[:, self.prompt_len :][:, -self.last_n :]
-        if generated.shape[1] == 0:
-            return scores
-        picked = scores.gather(1, generated)
-        picked = picked.where(picked < 0, picked / self.penalty)
-        picked = picked.where(picked >= 0, picked * self.penalty)
-        return scores.scatter(1, generated, picked)
+        import torch
+
+        window = input_ids[:, -self.last_n :]
+        first = input_ids.shape[1] - window.shape[1]
+        positions = torch.arange(first, input_ids.shape[1], device=input_ids.device)
+        pads = torch.tensor(self.pads, device=input_ids.device)[:, None]
+        seen = torch.zeros_like(scores, dtype=torch.int32)
+        seen.scatter_add_(1, window, (positions[None, :] >= pads).to(torch.int32))
+        penalised = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
+        return torch.where(seen > 0, penalised, scores)
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >> 63 else x
+
+
+# splitmix64's constants, as the signed 64-bit integers torch computes with
+_GOLDEN, _MIX1, _MIX2 = (
+    _signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+)
+
+
+def _mix(x: Any) -> Any:
+    """splitmix64's finaliser on int64 tensors (multiplication wraps; shifts made logical)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _MIX1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _MIX2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+class SeededDraw:
+    """Each row's draw from its own seed, by the Gumbel-max trick: the token with the largest
+    score + Gumbel noise is a draw from softmax(score), and the noise of token t at reply step
+    s is a hash of (seed, s, t). So a row's draws do not depend on the rows beside it, and the
+    same seed gives two models the same noise. Returns scores that only the drawn token
+    survives (0, else -inf), so generate's greedy step picks it."""
+
+    def __init__(self, seeds: list[int], prompt_width: int):
+        self.seeds, self.width = seeds, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        vocab = scores.shape[1]
+        step = input_ids.shape[1] - self.width
+        # Only the tokens top_k/top_p left are drawn from: noise for those alone.
+        kept = int(torch.isfinite(scores).sum(dim=1).max())
+        scores, tokens = scores.topk(max(1, kept), dim=1)
+        seeds = torch.tensor(self.seeds, dtype=torch.int64, device=scores.device)[:, None]
+        key = _mix(_mix(seeds * _GOLDEN + step) + tokens)
+        uniform = (((key >> 40) & ((1 << 24) - 1)).to(torch.float32) + 0.5) / (1 << 24)
+        noisy = scores + -torch.log(-torch.log(uniform))
+        drawn = tokens.gather(1, noisy.argmax(dim=1, keepdim=True))
+        out = torch.full((scores.shape[0], vocab), float("-inf"), device=scores.device)
+        return out.scatter(1, drawn, 0.0)
 
 
 # ---------------------------------------------------------------- servers
