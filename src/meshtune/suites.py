@@ -51,6 +51,7 @@ BUILTIN = {
 # The bot's request kinds: a DM, a channel's `/ai`, a `/meshtastic` question (answered from
 # the knowledge file's excerpts) and a follow-up in the reference mode `/meshtastic` starts.
 KINDS = ("dm", "channel", "/meshtastic", "follow-up")
+KNOWLEDGE_KINDS = ("/meshtastic", "follow-up")  # answered from the knowledge file's excerpts
 # Meshtastic (not bot) topics: a DM item of these whose right answer names no command is a
 # technical question the model answers from memory, or points to /meshtastic for.
 TECHNICAL = frozenset({"radio", "roles", "channels", "hardware", "troubleshooting"})
