@@ -222,6 +222,30 @@ def test_replies_scored_without_a_model_get_the_model_evals_verdicts(cli, five_i
     assert a["gate"]["verdict"] == b["gate"]["verdict"]
 
 
+def test_the_report_gives_each_figure_per_request_kind(cli, tmp_path):
+    suite = {i.id: i for i in load_suite("mesh").items}
+    pointer = "Ask me with /meshtastic <question> and I'll answer from the reference."
+    given = [
+        ("radio-19", suite["radio-19"].good),  # a technical DM, three ways
+        ("radio-19", pointer),
+        ("radio-19", suite["radio-19"].bad),
+        ("relay-01", suite["relay-01"].good),  # a DM about the bot
+        ("channels-01", pointer),
+    ]
+    given += [(i.id, i.good) for i in suite.values() if i.channel][:2]
+    replies = rows_file(tmp_path, [{"item": i, "reply": t} for i, t in given], "r.jsonl")
+    r = cli("eval", "--replies", replies, "--suite", "mesh", "--out", tmp_path / "o")
+    assert "by request kind: dm | channel" in r.out
+    assert "technical DM replies correct 25.0%, pointer 50.0%, wrong 25.0%" in " ".join(
+        r.out.split()
+    )
+    s = load_result(tmp_path / "o").summary
+    assert s["kinds"]["channel"]["pass_rate"] == 1.0 and s["kinds"]["dm"]["items"] == 3
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "## By request kind\n\n| criterion | dm | channel |" in report
+    assert "| item pass rate | 0.4444 | 1 |" in report
+
+
 def test_replies_keep_the_files_order_and_a_failed_reply_says_what_failed(cli, tmp_path):
     suite = {i.id: i for i in load_suite("mesh").items}
     given = [

@@ -317,3 +317,74 @@ def test_every_failure_has_a_sentence_naming_what_failed():
         f"{len(reply)} characters, over the item's 40",
     ]
     assert measure("", item=item)["reasons"][0] == "the reply is empty"
+
+
+# ---------------------------------------------------------------- request kinds, technical DMs
+
+
+def test_an_item_is_one_of_the_bots_request_kinds():
+    assert Item(id="a", prompt="what is longfast").kind == "dm"
+    assert Item(id="b", prompt="what is longfast", channel=True).kind == "channel"
+    assert Item(id="c", prompt="/meshtastic what is longfast", channel=True).kind == "/meshtastic"
+    session = [
+        {"role": "user", "content": "/meshtastic what is longfast"},
+        {"role": "assistant", "content": "LongFast is the default preset [1]."},
+        {"role": "user", "content": "and its bandwidth?"},
+    ]
+    assert Item(id="d", messages=session).kind == "follow-up"
+    ended = [*session[:2], {"role": "user", "content": "/exit"}, *session[1:]]
+    assert Item(id="e", messages=ended).kind == "dm"  # /exit ended the session
+
+
+HOPS = Item(
+    id="radio-x",
+    category="radio",
+    prompt="whats the default hop limit",
+    expect_all=["re:\\b3\\b"],
+    forbid=["re:\\b7 hops by default"],
+    allow_commands=[],
+)
+POINTER = "Ask me with /meshtastic <question> and I'll answer from the reference."
+
+
+@pytest.mark.parametrize(
+    "reply, said",
+    [
+        ("The default hop limit is 3.", "correct"),
+        (POINTER, "pointer"),
+        ("Not sure; try /meshtastic default hop limit.", "pointer"),
+        ("It's 7 hops by default.", "wrong"),
+        ("It's 7 hops by default; /meshtastic has more.", "wrong"),  # a pointer after a false claim
+        ("No idea, check /nodes.", "wrong"),  # another command's job
+        ("Around 5, I think.", "wrong"),
+    ],
+)
+def test_a_technical_dm_reply_is_correct_a_pointer_or_wrong(reply, said):
+    assert measure(reply, item=HOPS)["answer"] == said
+
+
+def test_only_technical_dm_items_are_scored_three_ways():
+    assert measure(POINTER)["answer"] is None  # relay: bot usage
+    on_channel = HOPS.model_copy(update={"channel": True})
+    assert measure(POINTER, item=on_channel)["answer"] is None
+    with_command = HOPS.model_copy(update={"allow_commands": ("/hops",)})
+    assert measure(POINTER, item=with_command)["answer"] is None
+
+
+def test_every_figure_is_given_per_request_kind_and_technical_replies_split_three_ways():
+    rows = [
+        _row("d1", "The default hop limit is 3.", True, kind="dm", answer="correct"),
+        _row("d2", POINTER, False, kind="dm", answer="pointer"),
+        _row("d3", "7 hops by default.", False, kind="dm", answer="wrong"),
+        _row("d4", "x" * 300, False, kind="dm", answer="wrong"),
+        _row("c1", CLEAN + " /sms", False, kind="channel"),
+        _row("m1", "SF11 at 250 kHz [1].", True, kind="/meshtastic"),
+    ]
+    metrics.mark_canned(rows)
+    s = metrics.summarize(rows)
+    assert list(s["kinds"]) == ["dm", "channel", "/meshtastic"]  # a kind without items is left out
+    assert s["kinds"]["dm"]["items"] == 4 and s["kinds"]["dm"]["pass_rate"] == 0.25
+    assert s["kinds"]["channel"]["invented_command_rate"] == 1.0
+    assert s["kinds"]["/meshtastic"]["pass_rate"] == 1.0
+    assert s["kinds"]["dm"]["chars"]["max"] == 300
+    assert s["technical"] == {"replies": 4, "correct": 0.25, "pointer": 0.25, "wrong": 0.5}

@@ -250,6 +250,34 @@ def test_a_real_command_for_the_wrong_job_is_its_own_gate_criterion_apart_from_i
     assert "wrong commands" not in [c.name for c in judge(old, [], GateConfig()).criteria]
 
 
+def test_each_criterion_is_given_per_request_kind():
+    kinds = {
+        "dm": _summary(pass_rate=0.7, wrong_command_rate=0.01),
+        "/meshtastic": _summary(pass_rate=0.4, chars={"p50": 90.0, "p90": 150.0, "max": 160.0}),
+    }
+    v = judge(_summary(kinds=kinds), [], GateConfig())
+    by = {c.name: c.by_kind for c in v.criteria}
+    assert by["item pass rate"] == {"dm": 0.7, "/meshtastic": 0.4}
+    assert by["wrong commands"] == {"dm": 0.01, "/meshtastic": 0.0}
+    assert by["p90 length"] == {"dm": 180.0, "/meshtastic": 150.0}
+    assert v.to_dict()["criteria"][-1]["by_kind"] == {"dm": 0.7, "/meshtastic": 0.4}
+
+
+def test_technical_dm_replies_that_are_neither_right_nor_a_pointer_are_a_gate_criterion():
+    wrong = {**ROW, "failures": ["forbidden"], "loop": None, "answer": "wrong"}
+    split = {"replies": 30, "correct": 0.5, "pointer": 0.3, "wrong": 0.2}
+    v = judge(_summary(technical=split), [wrong], GateConfig())
+    assert [c.name for c in v.failing] == ["technical wrong"]
+    assert v.failing[0].limit == "<= 0.1" and v.failing[0].examples == [wrong]
+    ok = {"replies": 30, "correct": 0.3, "pointer": 0.6, "wrong": 0.1}
+    assert judge(_summary(technical=ok), [], GateConfig()).ready
+    # a suite without technical DM items (or an older report) is not judged on it
+    none = {"replies": 0, "correct": 0.0, "pointer": 0.0, "wrong": 0.0}
+    assert "technical wrong" not in [
+        c.name for c in judge(_summary(technical=none), [], GateConfig()).criteria
+    ]
+
+
 def test_gate_yaml_overrides_thresholds_and_null_switches_one_off(tmp_path):
     path = tmp_path / "gate.yaml"
     path.write_text("min_pass_rate: 0.4\nmax_loop_rate: null\nmedian_chars: [60, 170]\n")

@@ -130,3 +130,47 @@ def test_packed_rows_compute_the_bots_system_block_once_per_row(smol_tokenizer):
             assert all(shared_len(row[0], e) > block for e in row[1:] if is_rendered[id(e)])
     computed = sum(len(flatten([r]).input_ids) for r in rows)
     assert computed < 0.6 * sum(len(e.input_ids) for e in examples)
+
+
+# ---------------------------------------------------------------- the knowledge path
+
+
+KB_TURNS = [("user", "/meshtastic what bandwidth does longfast use")]
+KB_REPLY = "LongFast uses 250 kHz [1]."
+
+
+def kb_row(turns, channel=False, reply=KB_REPLY) -> Conversation:
+    messages = tuple(Message(r, t) for r, t in [*turns, ("assistant", reply)])
+    return Conversation(messages, 1, {"category": "knowledge", "channel": channel})
+
+
+@pytest.mark.parametrize("channel", [False, True], ids=["dm", "channel"])
+def test_a_meshtastic_row_is_trained_and_evaluated_on_the_same_excerpts(cli, channel):
+    spec = MeshMasterRequests(share=1.0, senders=["K7QX"])
+    row = render([kb_row(KB_TURNS, channel)], spec, seed=0)[0]
+    item = Item(id="kb", prompt=KB_TURNS[0][1], channel=channel)
+    request = build_request(item, get_profile("meshmaster"), meshmaster.DEFAULT_SYSTEM_PROMPT)
+    printed = cli("prompt", KB_TURNS[0][1], "--knowledge", meshmaster.OWN_KNOWLEDGE)
+    assert row.messages[0].content == request.prompt == printed.out.removesuffix("\n")
+    assert request.prompt.startswith(meshmaster.KNOWLEDGE_SYSTEM_PROMPT[:40])
+    assert "Question: what bandwidth does longfast use" in request.prompt  # no /ai on a channel
+    assert row.messages[1].content == KB_REPLY
+
+
+def test_a_follow_up_in_reference_mode_is_sent_with_the_excerpts():
+    turns = [*KB_TURNS, ("assistant", KB_REPLY), ("user", "and its spreading factor?")]
+    spec = MeshMasterRequests(share=1.0, senders=["K7QX"])
+    row = render([kb_row(turns, reply="SF11 [1].")], spec, seed=0)[0]
+    assert len(row.messages) == 2  # a multi-turn DM, rendered because reference mode holds
+    assert row.messages[0].content.startswith(meshmaster.KNOWLEDGE_SYSTEM_PROMPT[:40])
+    assert "Question: and its spreading factor?" in row.messages[0].content
+    item = Item(id="f", messages=[{"role": r, "content": t} for r, t in turns])
+    assert item.kind == "follow-up"
+    request = build_request(item, get_profile("meshmaster"), meshmaster.DEFAULT_SYSTEM_PROMPT)
+    assert request.prompt == row.messages[0].content
+
+
+def test_a_meshtastic_question_the_retrieval_finds_nothing_for_stays_a_plain_chat():
+    spec = MeshMasterRequests(share=1.0, senders=["K7QX"])
+    conv = kb_row([("user", "/meshtastic zzqx")], reply="I don't have enough MeshTastic data.")
+    assert render([conv], spec, seed=0)[0] == conv  # the bot answers it without the model

@@ -1,5 +1,6 @@
 """The curated dataset meshtune ships: clean, covering, the right shape, disjoint from eval."""
 
+import importlib.util
 import json
 import re
 import statistics
@@ -177,29 +178,9 @@ def test_every_eval_items_checks_accept_its_good_reply_and_reject_its_bad_one(it
     assert set(bad["failures"]) & ITEM_CHECKS, bad["failures"]
 
 
-# Content-word overlap, the bound between an eval prompt and the training prompts: the words of
-# a user turn (lowercase runs of letters, digits and "/"; apostrophes dropped, so "what's" is
-# "whats") minus the STOPWORDS below, and the overlap of two turns is their Jaccard index:
-# shared words / all words of either. An eval item's overlap is the largest over its user turns
-# and every user turn of the training file; it must stay below MAX_OVERLAP, or the suite
-# measures recall of the training set rather than what the model learned.
-STOPWORDS = frozenset(
-    "a an the and or but if of to in on at for with by from is are was were be been am do does "
-    "did i you he she it we they me my your our their this that these those what whats how why "
-    "when where who which can could would should will shall may might must have has had not no "
-    "yes so just about there here get got any some more very too up out as into than then".split()
-)
-MAX_OVERLAP = 0.5
-_TOKEN = re.compile(r"[a-z0-9/]+")
-
-
-def content_words(text: str) -> frozenset[str]:
-    text = text.lower().replace("'", "").replace("\u2019", "")
-    return frozenset(w for w in _TOKEN.findall(text) if w not in STOPWORDS)
-
-
-def overlap(a: frozenset[str], b: frozenset[str]) -> float:
-    return len(a & b) / len(a | b) if a | b else 0.0
+# The bound between an eval prompt and the training prompts (see data.content_words).
+MAX_OVERLAP = data.MAX_OVERLAP
+content_words, overlap = data.content_words, data.overlap
 
 
 def test_content_word_overlap_is_the_jaccard_index_of_words_outside_the_stopwords():
@@ -236,3 +217,80 @@ def test_no_eval_prompt_appears_in_the_training_data(train):
         )
         for turn in turns:
             assert data.normalize(turn) not in trained, item["id"]
+
+
+# ---------------------------------------------------------------- generated rows (issue 21)
+
+REFERENCE = DATA.parents[1] / "shared" / "reference" / "meshtastic.md"
+
+
+def build_core():
+    """data/build_core.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("build_core", DATA / "build_core.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_rows_are_what_the_build_script_writes():
+    lines, _ = build_core().build(TRAIN, EVAL)
+    assert lines == [line for line in TRAIN.read_text().splitlines() if line.strip()]
+
+
+def generated(train) -> list[data.Conversation]:
+    return [c for c in train if c.meta.get("source") == "build_core"]
+
+
+def test_generated_replies_state_no_number_the_references_do_not_hold(train):
+    registry = DATA.parent / "src" / "meshtune" / "assets" / "mesh_master_commands.yaml"
+    reference = REFERENCE.read_text() + registry.read_text()
+    numbers = {n for c in generated(train) for n in re.findall(r"\d+(?:\.\d+)?", c.reply)}
+    numbers -= {n for c in generated(train) for n in re.findall(r"\d+", c.messages[0].content)}
+    assert numbers and {n for n in numbers if n not in reference} == set()
+
+
+def test_technical_questions_outside_the_core_facts_get_the_pointer_to_meshtastic(train):
+    rows = generated(train)
+    pointers = [c for c in rows if "/meshtastic" in c.reply]
+    assert len(pointers) >= 25
+    for c in pointers:
+        assert "reference" in c.reply and not re.search(r"\d", c.reply), c.line
+        assert len(c.reply.encode()) <= 160, c.line
+    # the core facts each taught by several phrasings, in DMs and on channels
+    for fact in ("LongFast", "AQ==", "hop limit", "8 channels", "-17.5 dB"):
+        assert sum(fact in c.reply for c in rows) >= 3, fact
+    assert any(c.channel for c in rows) and any(not c.channel for c in rows)
+
+
+def test_the_relay_form_is_taught_shortname_first_without_a_slash(train):
+    relays = [c for c in generated(train) if c.category == "relay"]
+    assert len(relays) >= 8
+    for c in relays:
+        assert re.search(r"DM me: [A-Za-z0-9]+ \w", c.reply) and "/" not in c.reply, c.line
+
+
+KNOWLEDGE_ROWS = DATA / "mesh_knowledge.jsonl"
+
+
+def test_the_knowledge_rows_are_what_the_build_script_writes_from_the_retrieval():
+    rows = [json.loads(line) for line in KNOWLEDGE_ROWS.read_text().splitlines()]
+    assert rows == build_core().knowledge_rows()
+    asked = [r for r in rows if len(r["conversations"]) == 2]
+    followed = [r for r in rows if len(r["conversations"]) == 4]
+    assert len(asked) >= 30 and len(followed) >= 8
+    refusals = 0
+    for r in rows:
+        assert r["conversations"][0]["value"].startswith("/meshtastic ")
+        for turn in r["conversations"][1::2]:
+            reply = turn["value"]
+            assert len(reply.encode()) <= 160
+            refusals += reply == "I don't have enough MeshTastic data for that."
+            assert reply == "I don't have enough MeshTastic data for that." or re.search(
+                r" \[[1-5]\]\.$", reply
+            ), reply
+    assert 4 <= refusals <= len(rows) // 4
+
+
+def test_the_knowledge_rows_check_clean_but_for_the_refusal_sentence_and_their_number():
+    _, issues = data.check(KNOWLEDGE_ROWS)
+    assert sorted(i.code for i in issues) == ["W206", "W210"]  # the bot demands the sentence

@@ -418,6 +418,29 @@ def normalize(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 
+# How close two user turns are: their content words (lowercase letters, digits and `/`, apostrophes
+# dropped so "what's" is "whats") minus STOPWORDS, compared by Jaccard index (shared words / all
+# words of either). An eval prompt must stay below MAX_OVERLAP against every training prompt, or
+# the suite measures recall of the training set rather than what the model learned.
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at for with by from is are was were be been am do does "
+    "did i you he she it we they me my your our their this that these those what whats how why "
+    "when where who which can could would should will shall may might must have has had not no "
+    "yes so just about there here get got any some more very too up out as into than then".split()
+)
+MAX_OVERLAP = 0.5
+_TOKEN = re.compile(r"[a-z0-9/]+")
+
+
+def content_words(text: str) -> frozenset[str]:
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return frozenset(w for w in _TOKEN.findall(text) if w not in STOPWORDS)
+
+
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
 def canned_replies(answers: Iterable[tuple[str, str]], min_keys: int) -> set[str]:
     """The normalized replies given to `min_keys` or more different keys (prompts, suite
     items): `answers` are (reply, key) pairs; an empty reply is never canned."""

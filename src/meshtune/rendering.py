@@ -29,15 +29,24 @@ def renderable(conv: Conversation) -> bool:
     bot has none), a last message that reaches the model (a slash command is run instead), and
     not a multi-turn DM. In a DM the bot shows only placeholders for the earlier turns, so a
     last reply that builds on them would teach the model to guess what it cannot see; those
-    rows stay plain chats, and the data's follow-up rows teach asking back instead."""
+    rows stay plain chats, and the data's follow-up rows teach asking back instead. A
+    `/meshtastic` question and its reference-mode follow-ups are sent with the excerpts of
+    meshtune's own knowledge file."""
     turns = conv.messages
+    if len(turns) < 2 or turns[0].role == "system":
+        return False
+    if _knowledge(conv):
+        return True
     multi_turn_dm = sum(m.role == "user" for m in turns) > 1 and not conv.channel
-    return (
-        turns[0].role != "system"
-        and len(turns) >= 2
-        and meshmaster.reaches_model(turns[-2].content)
-        and not multi_turn_dm
-    )
+    return meshmaster.reaches_model(turns[-2].content) and not multi_turn_dm
+
+
+def _knowledge(conv: Conversation) -> bool:
+    """Answered from the knowledge file: `/meshtastic QUESTION`, or a follow-up in the
+    reference mode it starts (the excerpts, not the earlier words, carry the answer)."""
+    *earlier, last = [m.content for m in conv.messages[:-1] if m.role == "user"]
+    history = [meshmaster.Line("K7QX", text) for text in earlier]
+    return meshmaster.uses_knowledge(last, history, "K7QX", conv.channel)
 
 
 def render(
@@ -66,7 +75,11 @@ def render(
             persona=persona,
             sender=sender,
             channel=conv.channel,
+            knowledge=meshmaster.own_knowledge() if _knowledge(conv) else None,
         )
+        if not prompt:  # the retrieval found nothing: the bot answers without the model
+            out.append(conv)
+            continue
         messages = (Message("user", prompt), conv.messages[-1])
         meta = {**conv.meta, "persona": persona, "sender": sender, NUM_CTX_KEY: config.num_ctx}
         out.append(replace(conv, messages=messages, meta=meta))

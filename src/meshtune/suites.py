@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from meshtune import jsontext
 from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
-from meshtune.meshmaster import AI_COMMANDS
+from meshtune.meshmaster import AI_COMMANDS, KNOWLEDGE_COMMAND
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
 REGEX_PREFIX = "re:"
@@ -46,6 +46,15 @@ BUILTIN = {
     "mesh": "data/eval/mesh_eval.jsonl",
     "knowledge": "data/eval/knowledge_eval.jsonl",  # /meshtastic items, for `kb check`
 }
+
+
+# The bot's request kinds: a DM, a channel's `/ai`, a `/meshtastic` question (answered from
+# the knowledge file's excerpts) and a follow-up in the reference mode `/meshtastic` starts.
+KINDS = ("dm", "channel", "/meshtastic", "follow-up")
+KNOWLEDGE_KINDS = ("/meshtastic", "follow-up")  # answered from the knowledge file's excerpts
+# Meshtastic (not bot) topics: a DM item of these whose right answer names no command is a
+# technical question the model answers from memory, or points to /meshtastic for.
+TECHNICAL = frozenset({"radio", "roles", "channels", "hardware", "troubleshooting"})
 
 
 @cache
@@ -140,6 +149,32 @@ class Item(BaseModel):
     @property
     def question(self) -> str:
         return self.turns[-1].content
+
+    @property
+    def kind(self) -> str:
+        """The bot's request kind (one of KINDS): `/meshtastic` when the question is one,
+        `follow-up` when an earlier user turn started a `/meshtastic` session (no `/exit`
+        since), else `channel` or `dm`."""
+        if _first_word(self.question) == KNOWLEDGE_COMMAND:
+            return "/meshtastic"
+        session = False
+        for turn in self.turns[:-1]:
+            if turn.role == "user" and _first_word(turn.content) in (KNOWLEDGE_COMMAND, "/exit"):
+                session = _first_word(turn.content) == KNOWLEDGE_COMMAND
+        if session:
+            return "follow-up"
+        return "channel" if self.channel else "dm"
+
+    @property
+    def technical(self) -> bool:
+        """A Meshtastic question asked in a DM whose right answer names no bot command:
+        scored three ways (correct, a pointer to /meshtastic, wrong)."""
+        return self.kind == "dm" and self.category in TECHNICAL and not self.allow_commands
+
+
+def _first_word(text: str) -> str:
+    words = text.strip().split()
+    return words[0].lower() if words else ""
 
 
 def _channel_question(text: str) -> str:

@@ -289,6 +289,7 @@ def _row(
     return {
         "item": item.id,
         "category": item.category,
+        "kind": item.kind,
         "sample": sample,
         "seed": seed,
         "question": item.question,

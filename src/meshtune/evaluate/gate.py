@@ -11,6 +11,11 @@ Defaults (each overridable in a small YAML file, `null` switches a criterion off
     max_p90_chars: 200             # the guide's 200-character limit, for 9 replies in 10
     median_chars: [80, 150]        # "Responses are concise (80-150 chars typical)"
     min_pass_rate: 0.6             # mean item pass rate (see metrics.py)
+    max_technical_wrong_rate: 0.1  # technical DM replies that are neither right nor a pointer
+
+Every criterion is also given per request kind (DM, channel, `/meshtastic`, follow-up; the
+verdict is on the whole suite): a kind's figures say which of the bot's requests the model
+gets wrong.
 
 Why 0.6: an item passes only when its reply answers with the expected facts (a command, a
 shortname, a number), avoids forbidden ones, fits max_chars and shows no red flag, and a
@@ -22,6 +27,9 @@ can still send `/save` to relay or `/nodes` for every problem, and a user follow
 just the same. They allow 2%, as the red flags do, for an item whose allowed commands are
 drawn too narrowly. The two red-flag rates allow 2%: the guide names them as habits
 ("consistently"), and a question such as "what commands are there?" may deserve a short list.
+Technical DM questions are answered from memory, where a 135M model can hold only a few core
+facts: a short pointer to `/meshtastic` is an honest answer, a wrong fact is not; 10% allows
+the occasional slip the issue names.
 """
 
 from collections.abc import Callable
@@ -49,6 +57,7 @@ class GateConfig(BaseModel):
     max_p90_chars: float | None = 200
     median_chars: tuple[float, float] | None = (80, 150)
     min_pass_rate: float | None = 0.6
+    max_technical_wrong_rate: float | None = 0.1
 
     @field_validator("median_chars")
     @classmethod
@@ -85,6 +94,7 @@ class Criterion:
     limit: str  # e.g. "<= 0" or "80-150"
     what: str
     examples: list[dict[str, Any]] = field(default_factory=list)
+    by_kind: dict[str, float] = field(default_factory=dict)  # the value per request kind
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +104,7 @@ class Criterion:
             "limit": self.limit,
             "what": self.what,
             "examples": [_example(r) for r in self.examples],
+            "by_kind": self.by_kind,
         }
 
 
@@ -207,7 +218,41 @@ def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) 
                 failed,
             )
         )
+    if cfg.max_technical_wrong_rate is not None and summary.get("technical", {}).get("replies"):
+        value = summary["technical"]["wrong"]
+        ok = value <= cfg.max_technical_wrong_rate
+        wrong = [r for r in rows if r.get("answer") == "wrong"]
+        criteria.append(
+            _criterion(
+                "technical wrong",
+                ok,
+                value,
+                f"<= {cfg.max_technical_wrong_rate:g}",
+                "share of technical DM replies neither right nor a pointer to /meshtastic",
+                wrong,
+            )
+        )
+    for c in criteria:
+        c.by_kind = _by_kind(c.name, summary)
     return Verdict(all(c.ok for c in criteria), criteria)
+
+
+# Where each criterion's value lies in a summary (the whole suite's or one kind's).
+_VALUES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    **{name: (lambda s, key=key: s.get(key)) for name, _, key, _, _ in _RATES},
+    "p90 length": lambda s: s["chars"]["p90"],
+    "median length": lambda s: s["chars"]["p50"],
+    "item pass rate": lambda s: s["pass_rate"],
+}
+
+
+def _by_kind(name: str, summary: dict[str, Any]) -> dict[str, float]:
+    """A criterion's value in each request kind's figures (none for a criterion of one kind)."""
+    value = _VALUES.get(name)
+    if value is None:
+        return {}
+    kinds = summary.get("kinds", {})
+    return {k: v for k, s in kinds.items() if (v := value(s)) is not None}
 
 
 def _criterion(

@@ -19,7 +19,7 @@ from typing import Any
 from meshtune.commands import Registry
 from meshtune.data import canned_replies, normalize, percentile
 from meshtune.meshmaster import split_chunks
-from meshtune.suites import REGEX_PREFIX, Item, check_pattern, matches
+from meshtune.suites import KINDS, KNOWLEDGE_COMMAND, REGEX_PREFIX, Item, check_pattern, matches
 
 # Loop detector thresholds. A reply loops when any of these holds:
 LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...
@@ -139,13 +139,16 @@ def _found(check: str, reply: str) -> str:
 
 def _commands(reply: str, item: Item, registry: Registry) -> tuple[list[str], list[str]]:
     """(invented, wrong): commands the bot does not have, and, where the item lists the
-    commands a right answer may name, every other command written as one (a real command for
-    another job, or a relay target written `/vk3z`: relay is a plain DM)."""
+    commands a right answer may name (and `/meshtastic` on a technical DM item), every other
+    command written as one (a real command for another job, or a relay target written
+    `/vk3z`: relay is a plain DM)."""
     nodes = node_names(item.question)
     invented = sorted({m.written for m in registry.unknown(reply) if m.written[1:] not in nodes})
     if item.allow_commands is None:
         return invented, []
     allowed = {registry.canonical(a) or a for a in item.allow_commands}
+    if item.technical:  # pointing to /meshtastic is its honest answer (see answer())
+        allowed.add(KNOWLEDGE_COMMAND)
     named = {m.canonical or m.written: m.written for m in registry.mentions(reply)}
     wrong = sorted(w for c, w in named.items() if w not in invented and c not in allowed)
     return invented, wrong
@@ -186,6 +189,28 @@ def _reasons(
         "too-long": lambda: f"{len(reply)} characters, over the item's {item.max_chars}",
     }
     return [texts[f]() for f in FAILURES if failed[f]]
+
+
+# What keeps a pointer to /meshtastic from counting as one: a false or banned claim, a yes or
+# no given wrongly, a command other than /meshtastic, or a reply that is broken as a message.
+_NOT_A_POINTER = ("empty", "loop", "runaway", "invented-command", "command-dump", "forbidden",
+                  "too-long")  # fmt: skip
+
+
+def answer(item: Item, reply: str, failed: dict[str, Any], wrong: list[str]) -> str | None:
+    """A technical DM item's reply, three ways: "correct" (it passes), "pointer" (it sends the
+    user to `/meshtastic` and states nothing false) or "wrong"; None for other items."""
+    if not item.technical:
+        return None
+    if not any(failed[f] for f in FAILURES):
+        return "correct"
+    pointer = (
+        KNOWLEDGE_COMMAND in reply.lower()
+        and not any(failed[f] for f in _NOT_A_POINTER)
+        and not wrong
+        and (item.stance is None or failed["stance"] in (None, item.stance))
+    )
+    return "pointer" if pointer else "wrong"
 
 
 def measure(
@@ -241,6 +266,7 @@ def measure(
         "failures": failures,
         "reasons": _reasons(item, reply, failed, invented, wrong),
         "passed": not failures,
+        "answer": answer(item, reply, failed, wrong),
         "tokens": completion_tokens,
         "latency_s": round(seconds, 3) if seconds is not None else None,
         "tokens_per_s": tps,
@@ -267,10 +293,29 @@ def item_pass_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def summarize(rows: Sequence[dict[str, Any]], generation_s: float | None = None) -> dict[str, Any]:
-    """Suite-level numbers from reply rows (each row: item, category, reply and measure()'s
-    keys, canned set by mark_canned). tokens/s is the generated tokens over `generation_s`,
-    the wall time spent generating (samples decoded together overlap), else over the sum of
-    reply latencies."""
+    """Suite-level numbers from reply rows (each row: item, category, kind, reply and
+    measure()'s keys, canned set by mark_canned), for the whole suite and again for each
+    request kind the suite holds (`kinds`), with the technical DM replies' three-way split
+    (`technical`). tokens/s is the generated tokens over `generation_s`, the wall time spent
+    generating (samples decoded together overlap), else over the sum of reply latencies."""
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_kind[r.get("kind", "dm")].append(r)  # reports written before kinds were DMs' only
+    return {
+        **_figures(rows, generation_s),
+        "kinds": {k: _figures(by_kind[k]) for k in KINDS if by_kind[k]},
+        "technical": technical_split(rows),
+    }
+
+
+def technical_split(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the technical DM replies answered: correct, a pointer to /meshtastic, or wrong."""
+    answers = [r["answer"] for r in rows if r.get("answer")]
+    shares = {a: _share([x == a for x in answers]) for a in ("correct", "pointer", "wrong")}
+    return {"replies": len(answers), **shares}
+
+
+def _figures(rows: Sequence[dict[str, Any]], generation_s: float | None = None) -> dict[str, Any]:
     chars = [r["chars"] for r in rows]
     per_item = item_pass_rates(rows)
     category_of = {r["item"]: r["category"] for r in rows}

@@ -20,7 +20,7 @@ from meshtune import meshmaster, ollama
 from meshtune.errors import MeshtuneError
 from meshtune.ollama import Sampling, guide_sampling
 from meshtune.rundir import RunDir
-from meshtune.suites import Item
+from meshtune.suites import KNOWLEDGE_KINDS, Item
 
 PROFILES = ("meshmaster", "modelfile", "no-penalty", "greedy")
 
@@ -101,7 +101,9 @@ def build_request(
 
     The system message is the deployment system prompt (the Modelfile's SYSTEM), unless the
     item brings its own system turn. Under Mesh Master's profiles the user turn is the prompt
-    string the bot builds (meshmaster.chat_prompt) for the operator's config and persona.
+    string the bot builds (meshmaster.chat_prompt) for the operator's config and persona;
+    `/meshtastic` items and their follow-ups get the excerpts of meshtune's own knowledge file,
+    the one `export` installs.
     """
     turns = item.turns
     own_system = turns[0].role == "system"
@@ -109,7 +111,11 @@ def build_request(
         system_prompt, turns = turns[0].content, turns[1:]
     if profile.mesh_master_prompt:
         prompt = meshmaster.chat_prompt(
-            [(t.role, t.content) for t in turns], bot, persona=persona, channel=item.channel
+            [(t.role, t.content) for t in turns],
+            bot,
+            persona=persona,
+            channel=item.channel,
+            knowledge=meshmaster.own_knowledge() if item.kind in KNOWLEDGE_KINDS else None,
         )
         chat = [{"role": "user", "content": prompt}]
     else:

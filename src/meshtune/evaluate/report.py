@@ -16,6 +16,7 @@ from meshtune.files import json_text, write_files
 
 if TYPE_CHECKING:
     from meshtune.evaluate import Comparison, EvalResult
+    from meshtune.evaluate.gate import Verdict
 
 WORST_ITEMS = 12
 CLIP = 320  # characters of a reply shown in tables
@@ -108,6 +109,23 @@ def _numbers(s: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def by_kind(s: dict[str, Any], v: "Verdict") -> tuple[list[str], list[list[str]]]:
+    """The criteria per request kind, as a table: the header and one row per criterion (and
+    the items and the technical DM replies' three-way split)."""
+    kinds = list(s.get("kinds", {}))
+    rows = [["items", *(str(s["kinds"][k]["items"]) for k in kinds)]]
+    for c in v.criteria:
+        if c.by_kind:
+            rows.append([c.name, *(f"{c.by_kind[k]:g}" if k in c.by_kind else "-" for k in kinds)])
+    t = s.get("technical") or {}
+    if t.get("replies"):
+        split = (
+            f"correct {_pct(t['correct'])}, pointer {_pct(t['pointer'])}, wrong {_pct(t['wrong'])}"
+        )
+        rows.append(["technical DM replies", *(split if k == "dm" else "-" for k in kinds)])
+    return ["criterion", *kinds], rows
+
+
 def worst_items(rows: list[dict[str, Any]], n: int = WORST_ITEMS) -> list[dict[str, Any]]:
     """The n items with the lowest pass rate, each with its worst and its typical reply
     (the sample of median length)."""
@@ -175,6 +193,10 @@ def render_markdown(result: "EvalResult") -> str:
                 f"- `{r['item']}` #{r['sample']} “{_md(_clip(r['question'], 80))}” -> "
                 f"“{_md(_clip(r['reply']))}” [{_md(why(r))}]"
             )
+    head, table = by_kind(s, v)
+    lines += ["", "## By request kind", "", "| " + " | ".join(head) + " |"]
+    lines += ["| " + " | ".join("---" for _ in head) + " |"]
+    lines += ["| " + " | ".join(_md(x) for x in row) + " |" for row in table]
     lines += ["", "## Numbers", "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {k} | {_md(val)} |" for k, val in _numbers(s)]
     lines += ["", "## Pass rate by category", "", "| category | items | pass rate |"]
@@ -219,6 +241,10 @@ def render_verdict(result: "EvalResult") -> str:
     for crit in v.criteria:
         mark = "ok  " if crit.ok else "FAIL"
         lines.append(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
+    head, table = by_kind(s, v)
+    if len(head) > 2 or s.get("technical", {}).get("replies"):  # more than one kind, or a split
+        lines.append("by request kind: " + " | ".join(head[1:]))
+        lines += [f"  {row[0]:<20} " + " | ".join(row[1:]) for row in table]
     for crit in v.failing:
         lines.append(f"{crit.name}: {crit.what}; for example:")
         for r in crit.examples:
@@ -358,6 +384,12 @@ def render_html(result: "EvalResult") -> str:
     for c in v.failing:
         parts.append(f"<h3 class='bad'>{e(c.name)}: {c.value:g} (limit {e(c.limit)})</h3>")
         parts.append(_reply_table(c.examples))
+    head, table = by_kind(s, v)
+    parts.append("<h2>By request kind</h2><table id='by-kind'><tr>")
+    parts += [f"<th>{e(h)}</th>" for h in head]
+    parts.append("</tr>")
+    parts += ["<tr>" + "".join(f"<td>{e(x)}</td>" for x in row) + "</tr>" for row in table]
+    parts.append("</table>")
     parts.append("<h2>Numbers</h2><table>")
     parts += [f"<tr><th>{e(k)}</th><td>{e(val)}</td></tr>" for k, val in _numbers(s)]
     parts.append("</table><h2>Reply length</h2><figure id='length-histogram'>")

@@ -41,6 +41,7 @@ from meshtune.meshmaster.knowledge import (
     Knowledge,
     load_knowledge,
     open_knowledge,
+    own_knowledge,
     parse_knowledge,
 )
 from meshtune.meshmaster.radio import CHUNK_BYTES, MAX_CHUNKS, split_chunks
@@ -85,6 +86,7 @@ __all__ = [
     "load_history",
     "load_knowledge",
     "open_knowledge",
+    "own_knowledge",
     "parse_knowledge",
     "question_of",
     "reaches_model",

@@ -14,6 +14,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from text_unidecode import unidecode
@@ -105,6 +106,13 @@ def terms(text: str) -> list[str]:
 
 def load_knowledge(path: Path) -> Knowledge:
     return parse_knowledge(read_text(path), path)
+
+
+@cache
+def own_knowledge() -> Knowledge:
+    """meshtune's own knowledge file, the one `export` installs beside the Modelfile: training
+    rows and eval items sent as `/meshtastic` (or in its reference mode) are built from it."""
+    return load_knowledge(OWN_KNOWLEDGE)
 
 
 def open_knowledge(given: Path | None, config: BotConfig) -> Knowledge:

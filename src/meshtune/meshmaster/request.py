@@ -183,17 +183,27 @@ def chat_prompt(
     persona: str | None = None,
     sender: str = "K7QX",
     channel: bool = False,
+    knowledge: Knowledge | None = None,
 ) -> str:
     """A chat (`(role, text)` user/assistant turns ending with the user's) as the bot sends its
     last message: the earlier turns are the DM's or channel thread's log, and on a channel the
-    last message is an `/ai` command. In a DM the earlier words are gone, as on the radio."""
+    last message is an `/ai` command unless it is `/meshtastic QUESTION`. In a DM the earlier
+    words are gone, as on the radio. `knowledge` answers `/meshtastic` and reference mode; ""
+    when its retrieval finds nothing (the bot then answers without the model)."""
     *earlier, (role, last) = turns
     if role != "user":
         raise MeshtuneError("a chat sent as Mesh Master must end with the user's turn")
     history = [Line(sender, text, ai=r == "assistant") for r, text in earlier]
-    message = f"/ai {last}" if channel else last
+    ask_ai = channel and _first_word(last) != KNOWLEDGE_COMMAND
+    message = f"/ai {last}" if ask_ai else last
     return build_prompt(
-        message, config, persona=persona, history=history, sender=sender, channel=channel
+        message,
+        config,
+        persona=persona,
+        history=history,
+        sender=sender,
+        channel=channel,
+        knowledge=knowledge,
     )
 
 
