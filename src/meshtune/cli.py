@@ -538,7 +538,7 @@ def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
         n, num_ctx = len(over["items"]), over["num_ctx"]
         seen = (
             "the replies answer what it leaves"
-            if summary["backend"] in ("llamacpp", "ollama")
+            if summary["backend"] in ("llamacpp", "ollama", "hf")
             else f"this {summary['backend']} backend saw the whole prompt"
         )
         typer.echo(
