@@ -100,7 +100,14 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
     base = resolve(recipe.base_model)
     torch.manual_seed(recipe.seed)
     peft_model = models.load_model(
-        recipe, base.folder, cuda, precision, opts.trust_remote_code, opts.allow_lora_fallback, say
+        recipe,
+        base.folder,
+        cuda,
+        precision,
+        opts.trust_remote_code,
+        opts.allow_lora_fallback,
+        say,
+        document=plan.engine == CUDA_ENGINE,
     )
     engine = Engine.create(plan, peft_model, opts.compile)
     params = [p for p in peft_model.parameters() if p.requires_grad]
