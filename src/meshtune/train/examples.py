@@ -21,7 +21,7 @@ def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conv
         )
     convs: list[data.Conversation] = []
     for spec in recipe.datasets:
-        convs += data.load_conversations(spec.path, spec)
+        convs += spec.shard(data.load_conversations(spec.path, spec))
     if recipe.val_set_size <= 0:
         train, held_out = convs, []
     else:
