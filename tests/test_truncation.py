@@ -93,6 +93,32 @@ def test_a_training_row_rendered_as_the_bots_request_trains_on_what_ollama_leave
     assert len(plain.input_ids) > 1500
 
 
+def test_a_bot_request_longer_than_sequence_len_trains_whole_as_a_row_of_its_own(
+    real, smol_tokenizer
+):
+    from meshtune.train.packing import pack, shared_len
+
+    prompt = golden_request(real)
+    bot_row = Conversation(
+        (Message("user", prompt), Message("assistant", "LongFast uses SF11 [1].")),
+        meta={NUM_CTX_KEY: 1024},
+    )
+    chats = [
+        Conversation((Message("user", f"hi {i}"), Message("assistant", "hello"))) for i in range(8)
+    ]
+    recipe = Recipe(sequence_len=256)
+    encoded = encode_all(smol_tokenizer, [bot_row, *chats], recipe, "data")
+    assert len(encoded[0].input_ids) > 256  # what the bot sends, not cut to sequence_len
+    rows = pack(encoded, recipe.sequence_len, True, seed=0)
+    assert [encoded[0]] in rows  # alone in its row
+    computed = [  # a row's tokens, each shared prefix counted once
+        sum(len(e.input_ids) - (shared_len(r[0], e) if k else 0) for k, e in enumerate(r))
+        for r in rows
+        if encoded[0] not in r
+    ]
+    assert len(computed) >= 1 and max(computed) <= 256  # short chats keep their short rows
+
+
 def test_cutting_a_row_never_touches_its_trained_tokens():
     ids, labels = list(range(2000)), [chat.IGNORE] * 1990 + list(range(1990, 2000))
     new_ids, new_labels = cut_trained_row(ids, labels, 1024, False, chat.IGNORE)
