@@ -32,10 +32,9 @@ def opening_question(item: Item) -> str:
     return opening.removeprefix("/meshtastic ")
 
 
-def test_the_suite_asks_60_meshtastic_questions_and_20_follow_ups_with_refusals_among_them():
-    asked = [i for i in ITEMS if i.kind == "/meshtastic"]
-    followed = [i for i in ITEMS if i.kind == "follow-up"]
-    assert len(asked) >= 60 and len(followed) >= 20
+def test_the_suite_asks_60_answerable_meshtastic_questions_20_follow_ups_and_some_refusals():
+    asked = [i for i in ANSWERABLE if i.kind == "/meshtastic"]
+    assert len(asked) >= 60 and len(FOLLOW_UPS) >= 20
     assert 10 <= len(REFUSED) <= len(ITEMS) // 5
     assert any(i.kind == "follow-up" for i in REFUSED)
     for item in ITEMS:
