@@ -46,10 +46,12 @@ def suite(tmp_path):
 
 
 def score(cli, tmp_path, suite, num_ctx, replies):
-    """`meshtune eval --replies` at Ollama's num_ctx; (exit code, stdout, rows, summary)."""
+    """`meshtune eval --replies` at Ollama's num_ctx (replies as (item, text) or as rows);
+    the CLI's result, the scored rows and the summary."""
     config = tmp_path / f"config-{num_ctx}.json"
     config.write_text(json.dumps({"ollama_num_ctx": num_ctx}))
-    given = rows_file(tmp_path, [{"item": i, "reply": t} for i, t in replies], "replies.jsonl")
+    lines = [r if isinstance(r, dict) else {"item": r[0], "reply": r[1]} for r in replies]
+    given = rows_file(tmp_path, lines, "replies.jsonl")
     out = tmp_path / f"out-{num_ctx}"
     args = ("eval", "--replies", given, "--suite", suite, "--mesh-master-config", config)
     r = cli(*args, "--out", out)
@@ -170,3 +172,23 @@ def test_the_gate_asks_80_percent_refusals_where_the_answer_was_not_delivered(tm
     assert "/meshtastic delivered pass" not in criteria
     criterion = criteria["/meshtastic refusal"]
     assert criterion.ok is ok and criterion.value == (100 - wrong) / 100
+
+
+@pytest.mark.real
+def test_a_model_eval_and_replies_scoring_agree_on_delivery_at_ollamas_cut(cli, tmp_path, suite):
+    """The embedded model through llama.cpp, answering what Ollama's cut leaves at num_ctx
+    300: its rows say not delivered, and `--replies` on them gives the same verdicts."""
+    from meshtune.evaluate import evaluate
+
+    bot = replace(meshmaster.SHIPPED, num_ctx=NARROW)
+    model = evaluate("smollm2-135m", str(suite), "llamacpp", "greedy", out=tmp_path / "m", bot=bot)
+    assert model.summary["delivery"] == {
+        "knowledge": str(meshmaster.OWN_KNOWLEDGE), "num_ctx": NARROW, "tokenizer": "smollm2-135m"
+    }  # fmt: skip
+    assert [(r["item"], r["delivered"]) for r in model.rows] == [
+        ("kb-01", False), ("kb-02", False), ("fu", False), ("price", False)
+    ]  # fmt: skip
+    replies = [{k: r[k] for k in ("item", "reply", "finish_reason")} for r in model.rows]
+    _, rows, _ = score(cli, tmp_path, suite, NARROW, replies)
+    keys = ("item", "delivered", "refused", "passed", "failures")
+    assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in model.rows]
