@@ -25,9 +25,9 @@ the bot's retrieval hands the model, so it is scored by what the model saw (deli
 expect_all checks, and its expect_any group, are the *facts*: a reply row is `delivered` when
 each of them is in an excerpt and still in what Ollama's cut at num_ctx leaves of the request.
 Delivered, the item's checks apply and the refusal fails; not delivered, the only right reply
-is exactly the bot's refusal "I don't have enough MeshTastic data for that." An item whose
-answer is not in the knowledge file at all has no facts (expect_any and expect_all empty): it
-is never delivered, so it expects the refusal, with `good` set to it.
+is the bot's refusal "I don't have enough MeshTastic data for that." (metrics.is_refusal).
+An item whose answer is not in the knowledge file at all has no facts (expect_any and
+expect_all empty): it is never delivered, so it expects the refusal, with `good` set to it.
 
 Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets),
 `mesh` (the repository's data/eval/mesh_eval.jsonl) and `knowledge`
