@@ -192,3 +192,14 @@ def test_a_model_eval_and_replies_scoring_agree_on_delivery_at_ollamas_cut(cli, 
     _, rows, _ = score(cli, tmp_path, suite, NARROW, replies)
     keys = ("item", "delivered", "refused", "passed", "failures")
     assert [{k: r[k] for k in keys} for r in rows] == [{k: r[k] for k in keys} for r in model.rows]
+
+
+def test_a_model_eval_counts_delivery_with_the_models_own_tokenizer(tmp_path, suite, tiny_llama):
+    from meshtune.evaluate import evaluate
+
+    bot = replace(meshmaster.SHIPPED, num_ctx=WIDE)
+    result = evaluate(str(tiny_llama), str(suite), "hf", "greedy", bot=bot)
+    assert result.summary["delivery"]["tokenizer"] == str(tiny_llama)
+    assert [(r["item"], r["delivered"]) for r in result.rows] == [
+        ("kb-01", True), ("kb-02", True), ("fu", True), ("price", False)
+    ]  # fmt: skip

@@ -45,9 +45,9 @@ from meshtune.suites import KNOWLEDGE_KINDS, Item, Suite, load_suite
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result", "score_replies"]
 
 DEFAULT_SAMPLES = 3
-# The backends that hand the model what Ollama's cut at num_ctx leaves (transformers and an
-# OpenAI-compatible server get the whole prompt).
-CUTTING_BACKENDS = ("llamacpp", "ollama")
+# The backends that hand the model what Ollama's cut at num_ctx leaves (an OpenAI-compatible
+# server gets the whole prompt).
+CUTTING_BACKENDS = ("llamacpp", "ollama", "hf")
 Progress = Callable[[int, int], None]
 
 
