@@ -141,10 +141,12 @@ def score_replies(
     gate_cfg = gate if isinstance(gate, GateConfig) else load_gate(gate)
     registry = registry or load_registry()
     given = read_replies(Path(replies), the_suite)
-    spec = resolve_model(FALLBACK_TOKENIZER, "llamacpp")
-    ask = Asker(get_profile("meshmaster", None, bot), spec.system_prompt, bot, None)
-    items = list({item.id: item for item, _ in given}.values())
-    deliveries, delivery_info = _deliveries(items, spec, ask, bot.num_ctx)
+    knowledge = list({i.id: i for i, _ in given if i.kind in KNOWLEDGE_KINDS}.values())
+    deliveries, delivery_info = {}, {}
+    if knowledge:  # the embedded model is only looked for when it counts
+        spec = resolve_model(FALLBACK_TOKENIZER, "llamacpp")
+        ask = Asker(get_profile("meshmaster", None, bot), spec.system_prompt, bot, None)
+        deliveries, delivery_info = _deliveries(knowledge, spec, ask, bot.num_ctx)
     start = time.perf_counter()
     rows, samples = [], Counter()
     for item, gen in given:
