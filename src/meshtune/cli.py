@@ -16,6 +16,7 @@ from meshtune import data as data_mod
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Interrupted, MeshtuneError
 from meshtune.files import check_output_dir
+from meshtune.meshmaster import BotConfig
 from meshtune.models import EMBEDDED_ALIASES
 from meshtune.rundir import PipelineResult, RunDir, TrainSummary
 
@@ -345,15 +346,11 @@ def prompt_cmd(
 
 def _local_tokenizer(model: str) -> tuple[Any, str, str]:
     """A local model's tokenizer, deployment system prompt and label."""
-    from transformers import AutoTokenizer
-
-    from meshtune import models, rundir
+    from meshtune.delivery import model_tokenizer
     from meshtune.evaluate.backends import resolve_model
 
     spec = resolve_model(model)
-    name = rundir.load_trained(spec.run_dir).base_model if spec.run_dir else spec.hf_name
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(str(name)).folder)
-    return tokenizer, spec.system_prompt, spec.label
+    return model_tokenizer(spec)[0], spec.system_prompt, spec.label
 
 
 def _echo_model_view(model: str, prompt: str, num_ctx: int) -> None:
@@ -523,7 +520,7 @@ def eval_cmd(
         persona=persona,
     )
     if replies is not None:
-        _eval_replies(replies, model, compare, suite, out, gate, opts["registry"])
+        _eval_replies(replies, model, compare, suite, out, gate, opts["registry"], opts["bot"])
     if compare:
         _eval_compare(*compare, suite, profile, out, opts)
     if model is None:
@@ -542,12 +539,14 @@ def eval_cmd(
 
 
 def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
+    from meshtune.evaluate import CUTTING_BACKENDS
+
     over = summary.get("over_num_ctx") or {}
     if over.get("items"):
         n, num_ctx = len(over["items"]), over["num_ctx"]
         seen = (
             "the replies answer what it leaves"
-            if summary["backend"] in ("llamacpp", "ollama", "hf")
+            if summary["backend"] in CUTTING_BACKENDS
             else f"this {summary['backend']} backend saw the whole prompt"
         )
         typer.echo(
@@ -566,15 +565,17 @@ def _eval_replies(
     out: Path | None,
     gate: Path | None,
     registry: Registry,
+    bot: BotConfig,
 ) -> None:
-    """`eval --replies FILE`: the given replies judged like a model's; exit 0 if READY."""
+    """`eval --replies FILE`: the given replies judged like a model's (a knowledge item's
+    delivery counted for the embedded model under the bot's config); exit 0 if READY."""
     from meshtune import evaluate as ev
     from meshtune.evaluate.report import render_verdict
 
     if model is not None or compare:
         raise MeshtuneError("--replies scores a file's replies: give no MODEL and no --compare")
     folder = out or Path("out/eval") / _slug(f"{replies.stem}-{Path(suite).stem}-replies")
-    result = ev.score_replies(replies, suite, out=folder, gate=gate, registry=registry)
+    result = ev.score_replies(replies, suite, out=folder, gate=gate, registry=registry, bot=bot)
     typer.echo(render_verdict(result))
     typer.echo(f"wrote {folder}/report.md, report.html, replies.jsonl, summary.json")
     raise typer.Exit(0 if result.ready else 1)

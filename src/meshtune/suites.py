@@ -19,6 +19,16 @@ holds the item's known false claims):
     "stance": "yes" | "no"         a yes/no question: the reply must open with that answer
     "need": "..."                  the expected answer in words, for a reply that misses it
 
+A knowledge item (a `/meshtastic QUESTION` prompt, or a follow-up in the reference mode it
+starts: `messages` whose earlier user turn is `/meshtastic ...`) is answered from the excerpts
+the bot's retrieval hands the model, so it is scored by what the model saw (delivery.py). Its
+expect_all checks, and its expect_any group, are the *facts*: a reply row is `delivered` when
+each of them is in an excerpt and still in what Ollama's cut at num_ctx leaves of the request.
+Delivered, the item's checks apply and the refusal fails; not delivered, the only right reply
+is the bot's refusal "I don't have enough MeshTastic data for that." (metrics.is_refusal).
+An item whose answer is not in the knowledge file at all has no facts (expect_any and
+expect_all empty): it is never delivered, so it expects the refusal, with `good` set to it.
+
 Built-in suites: `quick` (the v2 guide's four test prompts, shipped in meshtune/assets),
 `mesh` (the repository's data/eval/mesh_eval.jsonl) and `knowledge`
 (data/eval/knowledge_eval.jsonl: `/meshtastic` items for `meshtune kb check`).
@@ -164,6 +174,14 @@ class Item(BaseModel):
         if session:
             return "follow-up"
         return "channel" if self.channel else "dm"
+
+    @property
+    def facts(self) -> list[tuple[str, ...]]:
+        """What a right answer needs, each fact as its alternatives: every expect_all check
+        is one, the expect_any checks together are one. A knowledge item without facts is one
+        whose answer the knowledge file does not hold (see the module docstring)."""
+        facts = [(check,) for check in self.expect_all]
+        return [*facts, self.expect_any] if self.expect_any else facts
 
     @property
     def technical(self) -> bool:

@@ -23,13 +23,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from meshtune import jsontext
+from meshtune import jsontext, meshmaster
 from meshtune.commands import Registry, load_registry
+from meshtune.delivery import FALLBACK_TOKENIZER, Delivery, deliver, model_tokenizer
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
 from meshtune.evaluate.backends import (
     Backend,
     Generation,
+    ModelSpec,
     open_backend,
     resolve_model,
 )
@@ -38,11 +40,14 @@ from meshtune.evaluate.http_post import TIMEOUT_S
 from meshtune.evaluate.profiles import Profile, Request, build_request, get_profile
 from meshtune.files import read_text
 from meshtune.meshmaster import SHIPPED, BotConfig
-from meshtune.suites import Item, Suite, load_suite
+from meshtune.suites import KNOWLEDGE_KINDS, Item, Suite, load_suite
 
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result", "score_replies"]
 
 DEFAULT_SAMPLES = 3
+# The backends that hand the model what Ollama's cut at num_ctx leaves (an OpenAI-compatible
+# server gets the whole prompt).
+CUTTING_BACKENDS = ("llamacpp", "ollama", "hf")
 Progress = Callable[[int, int], None]
 
 
@@ -92,11 +97,13 @@ def evaluate(
     ask = Asker(prof, spec.system_prompt, bot, persona)
     n = samples if prof.sampled else 1  # a greedy reply is the same every time
     registry = registry or load_registry()
+    num_ctx = prof.options.get("num_ctx") if spec.backend in CUTTING_BACKENDS else None
+    deliveries, delivery_info = _deliveries(the_suite.items, spec, ask, num_ctx)
     start = time.perf_counter()
     engine = open_backend(spec, url, threads, timeout or TIMEOUT_S)
     try:
         loaded = time.perf_counter()
-        rows = _run(engine, the_suite, ask, n, seed, registry, progress)
+        rows = _run(engine, the_suite, ask, n, seed, registry, deliveries, progress)
         generation = time.perf_counter() - loaded
     finally:
         engine.close()
@@ -112,6 +119,7 @@ def evaluate(
         **({"mesh_master": ask.describe()} if prof.mesh_master_prompt else {}),
         "request_example": first.messages,  # exactly what the first item sent
         **_over_num_ctx(rows, prof.options.get("num_ctx")),
+        **delivery_info,
     }
     return _judged(info, rows, gate_cfg, out, generation)
 
@@ -122,18 +130,27 @@ def score_replies(
     out: str | Path | None = None,
     gate: str | Path | GateConfig | None = None,
     registry: Registry | None = None,
+    bot: BotConfig = SHIPPED,
 ) -> EvalResult:
     """Judge given replies (JSONL, one `{"item": ID, "reply": TEXT}` a line; an optional
     `finish_reason` "length" marks a reply that ran into the token limit) with no model: the
-    same per-reply checks, summary and gate as `evaluate`, rows in the file's order."""
+    same per-reply checks, summary and gate as `evaluate`, rows in the file's order. A
+    knowledge item's delivery is counted as for the embedded model deployed with `bot` (its
+    tokenizer and system prompt, Ollama's cut at the config's num_ctx)."""
     the_suite = suite if isinstance(suite, Suite) else load_suite(suite)
     gate_cfg = gate if isinstance(gate, GateConfig) else load_gate(gate)
     registry = registry or load_registry()
     given = read_replies(Path(replies), the_suite)
+    knowledge = list({i.id: i for i, _ in given if i.kind in KNOWLEDGE_KINDS}.values())
+    deliveries, delivery_info = {}, {}
+    if knowledge:  # the embedded model is only looked for when it counts
+        spec = resolve_model(FALLBACK_TOKENIZER, "llamacpp")
+        ask = Asker(get_profile("meshmaster", None, bot), spec.system_prompt, bot, None)
+        deliveries, delivery_info = _deliveries(knowledge, spec, ask, bot.num_ctx)
     start = time.perf_counter()
     rows, samples = [], Counter()
     for item, gen in given:
-        rows.append(_row(item, samples[item.id], None, gen, registry))
+        rows.append(_row(item, samples[item.id], None, gen, registry, deliveries.get(item.id)))
         samples[item.id] += 1
     wall = time.perf_counter() - start
     most = max(samples.values())
@@ -141,6 +158,7 @@ def score_replies(
         **_run_info(str(replies), "replies", "replies", the_suite, "replies", most, wall),
         "options": {},
         "system_prompt": None,
+        **delivery_info,
     }
     return _judged(info, rows, gate_cfg, out)
 
@@ -193,6 +211,24 @@ def _judged(
     return result
 
 
+def _deliveries(
+    items: list[Item], spec: ModelSpec, ask: "Asker", num_ctx: int | None
+) -> tuple[dict[str, Delivery], dict[str, Any]]:
+    """Whether each knowledge item's answer reaches the model: the requests `ask` builds (the
+    knowledge file profiles.build_request uses; none under a profile that sends the plain
+    chat), rendered with the model's tokenizer and cut at `num_ctx` (None: sent whole)."""
+    knowledge = [i for i in items if i.kind in KNOWLEDGE_KINDS]
+    if not knowledge:
+        return {}, {}
+    tokenizer, name = model_tokenizer(spec)
+    kb = meshmaster.own_knowledge() if ask.profile.mesh_master_prompt else None
+    deliveries = {
+        i.id: deliver(i, kb, ask.bot, tokenizer, ask(i).system, num_ctx) for i in knowledge
+    }
+    info = {"knowledge": str(kb.path) if kb else None, "num_ctx": num_ctx, "tokenizer": name}
+    return deliveries, {"delivery": info}
+
+
 @dataclass(frozen=True, slots=True)
 class Asker:
     """Turns suite items into requests: one profile, system prompt, bot config and persona."""
@@ -217,6 +253,7 @@ def _run(
     samples: int,
     seed: int,
     registry: Registry,
+    deliveries: dict[str, Delivery],
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
     """Every item's replies, in suite order. transformers decodes every item and sample in
@@ -225,7 +262,7 @@ def _run(
     the bot does."""
     seeds = [seed + s for s in range(samples)]
     if hasattr(engine, "generate_many"):
-        return _run_batched(engine, suite, ask, seeds, registry, progress)
+        return _run_batched(engine, suite, ask, seeds, registry, deliveries, progress)
     lanes = len(getattr(engine, "lanes", [None]))
     results: dict[int, list[dict[str, Any]]] = {}
     lock, failed = threading.Lock(), threading.Event()
@@ -244,7 +281,8 @@ def _run(
             except BaseException:
                 failed.set()
                 raise
-            rows = [_row(item, s, seed + s, gen, registry) for s, gen in enumerate(gens)]
+            got = deliveries.get(item.id)
+            rows = [_row(item, s, seed + s, gen, registry, got) for s, gen in enumerate(gens)]
             with lock:
                 results[i] = rows
                 if progress:
@@ -270,6 +308,7 @@ def _run_batched(
     ask: Asker,
     seeds: list[int],
     registry: Registry,
+    deliveries: dict[str, Delivery],
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
     asks = [(ask(item), s) for item in suite.items for s in seeds]
@@ -277,15 +316,22 @@ def _run_batched(
     done = (lambda rows: progress(rows // len(seeds), n)) if progress else None
     gens = engine.generate_many(asks, done)
     return [
-        _row(item, s, seeds[s], gens[i * len(seeds) + s], registry)
+        _row(item, s, seeds[s], gens[i * len(seeds) + s], registry, deliveries.get(item.id))
         for i, item in enumerate(suite.items)
         for s in range(len(seeds))
     ]
 
 
 def _row(
-    item: Item, sample: int, seed: int | None, gen: Generation, registry: Registry
+    item: Item,
+    sample: int,
+    seed: int | None,
+    gen: Generation,
+    registry: Registry,
+    delivery: Delivery | None = None,
 ) -> dict[str, Any]:
+    delivered = delivery.delivered if delivery else None
+    excerpts = len(delivery.titles) if delivery else 0
     return {
         "item": item.id,
         "category": item.category,
@@ -295,7 +341,14 @@ def _row(
         "question": item.question,
         "reply": gen.text,
         **metrics.measure(
-            gen.text, gen.finish_reason, item, registry, gen.completion_tokens, gen.seconds
+            gen.text,
+            gen.finish_reason,
+            item,
+            registry,
+            gen.completion_tokens,
+            gen.seconds,
+            delivered,
+            excerpts,
         ),
         "prompt_tokens": gen.prompt_tokens,
     }

@@ -12,6 +12,8 @@ Defaults (each overridable in a small YAML file, `null` switches a criterion off
     median_chars: [80, 150]        # "Responses are concise (80-150 chars typical)"
     min_pass_rate: 0.6             # mean item pass rate (see metrics.py)
     max_technical_wrong_rate: 0.1  # technical DM replies that are neither right nor a pointer
+    min_delivered_pass_rate: 0.6   # knowledge items whose answer reached the model, per kind
+    min_refusal_rate: 0.8          # the refusal, where the answer did not reach it, per kind
 
 Every criterion is also given per request kind (DM, channel, `/meshtastic`, follow-up; the
 verdict is on the whole suite): a kind's figures say which of the bot's requests the model
@@ -30,6 +32,10 @@ drawn too narrowly. The two red-flag rates allow 2%: the guide names them as hab
 Technical DM questions are answered from memory, where a 135M model can hold only a few core
 facts: a short pointer to `/meshtastic` is an honest answer, a wrong fact is not; 10% allows
 the occasional slip the issue names.
+Knowledge items (`/meshtastic`, follow-ups) are judged apart for each kind, by what the model
+saw (delivery.py): where the retrieval delivered the answer, a pass rate of 0.6 as for the
+suite; where it did not, 80% of replies must be the bot's refusal sentence, since any other
+reply states what the excerpts do not support.
 """
 
 from collections.abc import Callable
@@ -58,6 +64,8 @@ class GateConfig(BaseModel):
     median_chars: tuple[float, float] | None = (80, 150)
     min_pass_rate: float | None = 0.6
     max_technical_wrong_rate: float | None = 0.1
+    min_delivered_pass_rate: float | None = 0.6
+    min_refusal_rate: float | None = 0.8
 
     @field_validator("median_chars")
     @classmethod
@@ -232,9 +240,49 @@ def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) 
                 wrong,
             )
         )
+    criteria += _knowledge_criteria(summary, rows, cfg)
     for c in criteria:
         c.by_kind = _by_kind(c.name, summary)
     return Verdict(all(c.ok for c in criteria), criteria)
+
+
+def _knowledge_criteria(
+    summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig
+) -> list[Criterion]:
+    """For each knowledge kind: the pass rate of its delivered items, and the refusal rate of
+    the replies to the others (each only when the suite has such items)."""
+    criteria = []
+    for kind, k in summary.get("knowledge", {}).items():
+        mine = [r for r in rows if r.get("kind") == kind]
+        got, missed = k["delivered"], k["undelivered"]
+        if cfg.min_delivered_pass_rate is not None and got["items"]:
+            value = got["pass_rate"]
+            failed = [r for r in mine if r.get("delivered") and not r["passed"]]
+            criteria.append(
+                _criterion(
+                    f"{kind} delivered pass",
+                    value >= cfg.min_delivered_pass_rate,
+                    value,
+                    f">= {cfg.min_delivered_pass_rate:g}",
+                    f"mean pass rate of the {kind} items whose answer the retrieval delivered",
+                    failed,
+                )
+            )
+        if cfg.min_refusal_rate is not None and missed["items"]:
+            value = missed["refusal_rate"]
+            other = [r for r in mine if r.get("delivered") is False and not r.get("refused")]
+            criteria.append(
+                _criterion(
+                    f"{kind} refusal",
+                    value >= cfg.min_refusal_rate,
+                    value,
+                    f">= {cfg.min_refusal_rate:g}",
+                    f"share of replies to {kind} items whose answer was not delivered that "
+                    "are the bot's refusal sentence",
+                    other,
+                )
+            )
+    return criteria
 
 
 # Where each criterion's value lies in a summary (the whole suite's or one kind's).

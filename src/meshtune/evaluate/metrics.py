@@ -8,6 +8,10 @@ suites.py) hold and it is not empty, a loop, a runaway, an invented-command, a w
 or a command-dump reply. Each failure comes with a sentence saying what failed. An
 item's pass rate is the share of its samples that pass; the suite's pass rate is the mean of
 its items' pass rates.
+
+A knowledge item (`/meshtastic` or a follow-up) is scored by whether its answer was delivered
+to the model (delivery.py): delivered, its checks apply and the bot's refusal fails; not
+delivered, the refusal is the only reply that passes.
 """
 
 import re
@@ -18,8 +22,16 @@ from typing import Any
 
 from meshtune.commands import Registry
 from meshtune.data import canned_replies, normalize, percentile
-from meshtune.meshmaster import split_chunks
-from meshtune.suites import KINDS, KNOWLEDGE_COMMAND, REGEX_PREFIX, Item, check_pattern, matches
+from meshtune.meshmaster import REFUSAL, split_chunks
+from meshtune.suites import (
+    KINDS,
+    KNOWLEDGE_COMMAND,
+    KNOWLEDGE_KINDS,
+    REGEX_PREFIX,
+    Item,
+    check_pattern,
+    matches,
+)
 
 # Loop detector thresholds. A reply loops when any of these holds:
 LOOP_NGRAM_WORDS = 4  # a phrase of 4 words ...
@@ -46,11 +58,14 @@ FAILURES = (
     "wrong-stance",
     "forbidden",
     "too-long",
+    "not-refused",
+    "refused",
 )
 
 _WORD_RE = re.compile(r"[\w/'’-]+")
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 _SPAN_RE = re.compile(rf"(.{{{LOOP_SPAN_CHARS},}}?)\1{{{LOOP_SPAN_REPEATS - 1},}}", re.DOTALL)
+_CITATION_RE = re.compile(r"\[(\d+)\]")
 
 
 def _words(text: str) -> list[str]:
@@ -187,6 +202,11 @@ def _reasons(
             + ", which is false or banned for this question"
         ),
         "too-long": lambda: f"{len(reply)} characters, over the item's {item.max_chars}",
+        "not-refused": lambda: (
+            "the excerpts the model saw do not hold the answer, so the only right reply is "
+            f"the bot's '{REFUSAL}'"
+        ),
+        "refused": lambda: "refuses, though the excerpts the model saw hold the answer",
     }
     return [texts[f]() for f in FAILURES if failed[f]]
 
@@ -213,6 +233,24 @@ def answer(item: Item, reply: str, failed: dict[str, Any], wrong: list[str]) -> 
     return "pointer" if pointer else "wrong"
 
 
+def is_refusal(reply: str) -> bool:
+    """Whether a reply is the bot's refusal sentence. Case, curly apostrophes, enclosing
+    quotes (the prompt quotes the sentence) and the final period are not read: the user gets
+    the same sentence. Anything more (a fact, a citation, an apology) is not the refusal."""
+
+    def plain(text: str) -> str:
+        return text.replace("’", "'").strip().strip("\"'“”‘").strip().rstrip(".").casefold()
+
+    return plain(reply) == plain(REFUSAL)
+
+
+def cites(reply: str, excerpts: int) -> bool:
+    """Whether the reply cites the excerpts as the bot asks: at least one `[n]`, each n
+    among the excerpts given."""
+    numbers = [int(n) for n in _CITATION_RE.findall(reply)]
+    return bool(numbers) and all(1 <= n <= excerpts for n in numbers)
+
+
 def measure(
     text: str,
     finish_reason: str,
@@ -220,14 +258,23 @@ def measure(
     registry: Registry,
     completion_tokens: int | None = None,
     seconds: float | None = None,
+    delivered: bool | None = None,
+    excerpts: int = 0,
 ) -> dict[str, Any]:
     """Every per-reply metric, the failures (codes) and their reasons (sentences); both
-    empty when the reply passes."""
+    empty when the reply passes. For a knowledge item, `delivered` says whether its answer
+    reached the model (delivery.py; None: not measured, taken as delivered when the item has
+    facts) and `excerpts` how many excerpts the request gave."""
     reply = text.strip()
     invented, wrong = _commands(reply, item, registry)
     loop = loop_reason(reply)
-    missing_all = [s for s in item.expect_all if not matches(s, reply)]
-    forbidden = [s for s in item.forbid if matches(s, reply)]
+    knowledge = item.kind in KNOWLEDGE_KINDS
+    refused = knowledge and is_refusal(reply)
+    # Not delivered, the model cannot have read the answer: the only right reply is the
+    # refusal, and a fact it states is not checked against the item (it was not supported).
+    checked = not knowledge or (bool(item.facts) and delivered is not False)
+    missing_all = [s for s in item.expect_all if not matches(s, reply)] if checked else []
+    forbidden = [s for s in item.forbid if matches(s, reply)] if checked else []
     said = stance(reply)
     failed = {
         "empty": not reply,
@@ -236,14 +283,17 @@ def measure(
         "invented-command": invented,
         "wrong-command": wrong,
         "command-dump": registry.is_command_dump(reply),
-        "missing-expected": bool(item.expect_any)
+        "missing-expected": checked
+        and bool(item.expect_any)
         and not any(matches(s, reply) for s in item.expect_any),
         "missing-required": bool(missing_all),
         "missing_all": missing_all,
-        "wrong-stance": item.stance is not None and said != item.stance,
+        "wrong-stance": checked and item.stance is not None and said != item.stance,
         "stance": said,
         "forbidden": forbidden,
         "too-long": len(reply) > item.max_chars,
+        "not-refused": knowledge and not checked and not refused,
+        "refused": knowledge and checked and refused,
     }
     failures = [f for f in FAILURES if failed[f]]
     tps = (
@@ -267,6 +317,9 @@ def measure(
         "reasons": _reasons(item, reply, failed, invented, wrong),
         "passed": not failures,
         "answer": answer(item, reply, failed, wrong),
+        "delivered": (checked if delivered is None else delivered) if knowledge else None,
+        "refused": refused if knowledge else None,
+        "cited": cites(reply, excerpts) if knowledge else None,
         "tokens": completion_tokens,
         "latency_s": round(seconds, 3) if seconds is not None else None,
         "tokens_per_s": tps,
@@ -275,10 +328,11 @@ def measure(
 
 def mark_canned(rows: Sequence[dict[str, Any]]) -> None:
     """Set row["canned"]: the same reply (case, spacing and punctuation ignored) was given to
-    CANNED_MIN_ITEMS or more different items."""
+    CANNED_MIN_ITEMS or more different items. The refusal to a knowledge item is not canned:
+    the bot's prompt demands that one sentence word for word."""
     canned = canned_replies(((r["reply"], r["item"]) for r in rows), CANNED_MIN_ITEMS)
     for r in rows:
-        r["canned"] = normalize(r["reply"]) in canned
+        r["canned"] = normalize(r["reply"]) in canned and not r.get("refused")
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -305,7 +359,36 @@ def summarize(rows: Sequence[dict[str, Any]], generation_s: float | None = None)
         **_figures(rows, generation_s),
         "kinds": {k: _figures(by_kind[k]) for k in KINDS if by_kind[k]},
         "technical": technical_split(rows),
+        "knowledge": knowledge_figures(rows),
     }
+
+
+def knowledge_figures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per knowledge kind (`/meshtastic`, follow-up): the mean pass rate of the items whose
+    answer was delivered, with the share of their replies citing an excerpt given, and the
+    share of replies to the other items that are the refusal."""
+    figures = {}
+    for kind in KNOWLEDGE_KINDS:
+        scored = [r for r in rows if r.get("kind") == kind and r.get("delivered") is not None]
+        if not scored:
+            continue  # none, or a report written before delivery was measured
+        got = [r for r in scored if r["delivered"]]
+        missed = [r for r in scored if not r["delivered"]]
+        rates = item_pass_rates(got)
+        figures[kind] = {
+            "delivered": {
+                "items": len(rates),
+                "replies": len(got),
+                "pass_rate": round(statistics.fmean(rates.values()), 4) if rates else None,
+                "citation_rate": _share([r["cited"] for r in got]) if got else None,
+            },
+            "undelivered": {
+                "items": len({r["item"] for r in missed}),
+                "replies": len(missed),
+                "refusal_rate": _share([r["refused"] for r in missed]) if missed else None,
+            },
+        }
+    return figures
 
 
 def technical_split(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -123,7 +123,25 @@ def by_kind(s: dict[str, Any], v: "Verdict") -> tuple[list[str], list[list[str]]
             f"correct {_pct(t['correct'])}, pointer {_pct(t['pointer'])}, wrong {_pct(t['wrong'])}"
         )
         rows.append(["technical DM replies", *(split if k == "dm" else "-" for k in kinds)])
+    knowledge = s.get("knowledge") or {}
+    for name, cell in _KNOWLEDGE_ROWS:
+        if knowledge:
+            rows.append([name, *(cell(knowledge[k]) if k in knowledge else "-" for k in kinds)])
     return ["criterion", *kinds], rows
+
+
+def _of_items(group: dict[str, Any], key: str) -> str:
+    """A delivered or undelivered group's figure and how many items it is of."""
+    figure = "-" if group[key] is None else f"{group[key]:g}"
+    return f"{figure} of {group['items']} items"
+
+
+# A knowledge kind's figures (metrics.knowledge_figures) as rows of the per-kind table.
+_KNOWLEDGE_ROWS = (
+    ("delivered: pass rate", lambda k: _of_items(k["delivered"], "pass_rate")),
+    ("delivered: cites [n]", lambda k: _pct(k["delivered"]["citation_rate"])),
+    ("undelivered: refusal", lambda k: _of_items(k["undelivered"], "refusal_rate")),
+)
 
 
 def worst_items(rows: list[dict[str, Any]], n: int = WORST_ITEMS) -> list[dict[str, Any]]:
@@ -220,7 +238,9 @@ def render_markdown(result: "EvalResult") -> str:
     lines += [
         "A reply passes its item when expect_any / expect_all / forbid / max_chars / "
         "allow_commands / stance hold and it is not empty, a loop, a runaway, an "
-        "invented-command, a wrong-command or a command-dump reply.",
+        "invented-command, a wrong-command or a command-dump reply. A knowledge item "
+        "(`/meshtastic`, follow-up) whose answer the retrieval did not deliver to the model "
+        "passes only with the bot's refusal sentence; a delivered one fails with it.",
         "",
     ]
     return "\n".join(lines)
@@ -242,7 +262,8 @@ def render_verdict(result: "EvalResult") -> str:
         mark = "ok  " if crit.ok else "FAIL"
         lines.append(f"  {mark} {crit.name:<18} {crit.value:<8g} (limit {crit.limit})")
     head, table = by_kind(s, v)
-    if len(head) > 2 or s.get("technical", {}).get("replies"):  # more than one kind, or a split
+    # more than one kind, or a figure of one kind only (the technical split, knowledge items)
+    if len(head) > 2 or s.get("technical", {}).get("replies") or s.get("knowledge"):
         lines.append("by request kind: " + " | ".join(head[1:]))
         lines += [f"  {row[0]:<20} " + " | ".join(row[1:]) for row in table]
     for crit in v.failing:

@@ -23,6 +23,8 @@ from meshtune.errors import MeshtuneError
 from meshtune.files import read_text
 from meshtune.meshmaster.config import BotConfig
 
+# The one reply the bot's knowledge prompt allows when the excerpts do not hold the answer.
+REFUSAL = "I don't have enough MeshTastic data for that."
 # The bot's system prompt for every `/meshtastic` request and reference-mode follow-up; it
 # replaces the config's prompt and the persona.
 KNOWLEDGE_SYSTEM_PROMPT = (
@@ -30,7 +32,7 @@ KNOWLEDGE_SYSTEM_PROMPT = (
     "Answer ONLY when the supplied MeshTastic reference passages clearly support the "
     "conclusion. Quote configuration values precisely, prefer step-by-step instructions when "
     "relevant, and stay concise. If the references do not contain the answer, reply exactly: "
-    "'I don't have enough MeshTastic data for that.'"
+    f"'{REFUSAL}'"
 )
 EXCERPTS_HEADER = "MeshTastic reference excerpts (authoritative):"
 EXCERPTS_INSTRUCTIONS = (
