@@ -381,7 +381,7 @@ FACTS: dict[str, Fact] = {
         "why cant my 2 nodes talk on my channel|what has to match for a channel",
     ),
     "dm": fact(
-        "Since firmware 2.5, direct messages",
+        "DM encryption uses public keys",
         "Since firmware 2.5 DMs use public-key (PKI) encryption|PKI encryption, since 2.5",
         "are dms encrypted|dm encryption how|pki dms since when",
     ),
@@ -1178,10 +1178,10 @@ def reply(answer: int | str, fact: Fact | None, turn: dict[Fact, int]) -> str:
 
 def questions() -> list[tuple[str, Fact | None]]:
     """Each fact's questions and the OUTSIDE ones (None: the file does not hold the answer),
-    each also once as typed on a phone."""
+    each also twice as typed on a phone."""
     rng = random.Random(SEED)
     asked = [(q, f) for f in FACTS.values() for q in f.asked] + [(q, None) for q in OUTSIDE]
-    return [(q2, f) for q, f in asked for q2 in (q, typed(q, rng))]
+    return [(q2, f) for q, f in asked for q2 in (q, typed(q, rng), typed(q, rng))]
 
 
 def knowledge_rows(tokenizer: Any, suites: tuple[Path, ...] = SUITES) -> list[dict]:
