@@ -24,7 +24,6 @@ import functools
 import itertools
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,11 @@ from meshtune.meshmaster import (
 from meshtune.meshmaster.truncation import model_view
 from meshtune.models import EMBEDDED, resolve
 from meshtune.recipe import DEFAULT_SENDERS
+from meshtune.suites import load_suite
 
-OUT = Path("data/mesh_knowledge.jsonl")
-SUITES = (Path("data/eval/mesh_eval.jsonl"), Path("data/eval/knowledge_eval.jsonl"))
+DATA = Path(__file__).resolve().parent
+OUT = DATA / "mesh_knowledge.jsonl"
+SUITES = (DATA / "eval" / "mesh_eval.jsonl", DATA / "eval" / "knowledge_eval.jsonl")
 SOURCE = "build_knowledge"
 SEED = 21
 NO_DATA = "I don't have enough MeshTastic data for that."
@@ -1188,13 +1189,19 @@ def knowledge_rows(tokenizer: Any, suites: tuple[Path, ...] = SUITES) -> list[di
     """The `/meshtastic` rows, then the follow-ups."""
     _check_keys(sight := Sight(tokenizer))
     turn: dict[Fact, int] = {}
-    evals = [data.content_words(t) for s in suites for t in _suite_turns(s)]
-    seen: set[str] = set()
+    evals = [
+        data.content_words(t.content)
+        for suite in suites
+        for item in load_suite(str(suite)).items
+        for t in item.turns
+        if t.role == "user"
+    ]
+    asked: set[str] = set()
 
     def new(*texts: str) -> bool:  # far from every eval prompt, not asked by another row
         key = " | ".join(data.normalize(t) for t in texts)
-        fresh = key not in seen and all(_far(t, evals) for t in texts)
-        seen.add(key)
+        fresh = key not in asked and all(_far(t, evals) for t in texts)
+        asked.add(key)
         return fresh
 
     rows = []
@@ -1242,14 +1249,6 @@ def _row(asked: list[str], replies: list[str]) -> dict:
         text = f"{KNOWLEDGE_COMMAND} {q}" if i == 0 else q
         turns += [{"from": "human", "value": text}, {"from": "gpt", "value": a}]
     return {"category": "knowledge", "source": SOURCE, "conversations": turns}
-
-
-def _suite_turns(suite: Path) -> Iterator[str]:
-    for item in map(json.loads, suite.read_text().splitlines()):
-        if "prompt" in item:
-            yield item["prompt"]
-        else:
-            yield from (t["content"] for t in item["messages"] if t["role"] == "user")
 
 
 def _far(question: str, evals: list[frozenset[str]]) -> bool:
