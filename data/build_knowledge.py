@@ -283,8 +283,9 @@ FACTS: dict[str, Fact] = {
         "hilltop node role",
     ),
     "router-ble": fact(
-        "Bluetooth and Wi-Fi are off",
-        "On ROUTER, Bluetooth and Wi-Fi are off and power saving is on|Bluetooth and Wi-Fi are off",
+        "Bluetooth and Wi-Fi are off by default",
+        "On ROUTER, Bluetooth and Wi-Fi are off by default and power saving is on|"
+        "Bluetooth and Wi-Fi are off by default",
         "does router turn off bluetooth|can i use wifi on a router node",
     ),
     "mute": fact(
@@ -371,7 +372,7 @@ FACTS: dict[str, Fact] = {
         "how do i make a private channel|private group chat setup|make my channel secure",
     ),
     "psk": fact(
-        "16 bytes (AES-128)",
+        "16 bytes long (AES-128)",
         "Empty, 16 bytes (AES-128) or 32 bytes (AES-256)|"
         "16 bytes for AES-128, 32 for AES-256, or empty",
         "psk sizes|key length options|aes 128 or 256?|channel key size",
@@ -940,7 +941,7 @@ FACTS: dict[str, Fact] = {
     ),
     "pos-interval": fact(
         "15 minutes",
-        "Every broadcast interval, 15 minutes by default|15 minutes",
+        "With smart broadcast off, every 15 minutes by default|15 minutes with smart broadcast off",
         "how often is position sent|position broadcast interval",
     ),
     "smart": fact(
@@ -972,13 +973,13 @@ FACTS: dict[str, Fact] = {
     ),
     "wifi": fact(
         "wifi_ssid",
-        "ESP32 joins 2.4 GHz Wi-Fi: set network.wifi_ssid and network.wifi_psk|"
+        "ESP32 joins 2.4 GHz Wi-Fi as a client: set network.wifi_ssid and network.wifi_psk|"
         "Set network.wifi_ssid and wifi_psk",
         "connect node to wifi|wifi setup",
     ),
     "wifi-ap": fact(
-        "no access point mode",
-        "No, there is no access point mode|No AP mode",
+        "can't be an access point",
+        "No: it can't be an access point or hotspot|No, only a Wi-Fi client",
         "can the node be a wifi hotspot|access point mode?",
     ),
     "wifi-ble": fact(
@@ -998,7 +999,7 @@ FACTS: dict[str, Fact] = {
     ),
     "cli-info": fact(
         "--info",
-        "meshtastic --info shows the radio's config|Run meshtastic --info",
+        "meshtastic --info shows the node's config|Run meshtastic --info",
         "show config from cli|cli info command",
     ),
     "canned": fact(

@@ -354,6 +354,19 @@ def test_an_existing_run_directory_is_refused_without_overwrite(tmp_path, tiny_l
     assert (tmp_path / "run" / "keep.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("engine", "says"),
+    [("gpu", "--engine 'gpu': write cpu or cuda"), ("cuda", "--engine cuda needs a CUDA GPU")],
+)
+def test_an_engine_this_machine_cannot_run_is_refused_before_anything_is_written(
+    tmp_path, tiny_llama, cli, engine, says
+):
+    recipe = tiny_recipe(tmp_path, tiny_llama, max_steps=1)
+    r = cli("train", recipe, "--output-dir", tmp_path / "run", "--engine", engine)
+    assert r.code == 2 and says in r.err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("broken", ["dataset missing", "base model damaged", "remote code"])
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails_its_checks(
     tmp_path, tiny_llama, broken

@@ -154,6 +154,25 @@ def test_llamacpp_shifts_the_context_when_the_reply_fills_it(llama):
     assert together == [llama.generate(sampled, 1).text, llama.generate(sampled, 2).text]
 
 
+def test_hf_evaluates_what_ollama_leaves_of_an_overlong_prompt(tiny_llama):
+    from meshtune import chat
+    from meshtune.evaluate.backends import HFBackend
+
+    hf = HFBackend(tiny_llama, threads=1)
+    req = long_request(
+        num_ctx=256, num_predict=8, profile="meshmaster"
+    )  # sampled: prompt-sensitive
+    whole = hf.prompt_ids(req)
+    assert len(whole) > 256
+    seen = hf.seen_ids(req, whole)
+    assert seen == ollama_cut(whole, 256, adds_bos=chat.adds_bos(hf.tokenizer)).tokens
+    assert len(seen) < 256
+    gen = hf.generate(req, 0)
+    assert gen.prompt_tokens == len(whole)  # reported as sent, as llama.cpp's
+    assert gen.text == hf._generate([seen], [0], req.profile)[0].text  # decoded from the cut
+    assert gen.text != hf._generate([whole], [0], req.profile)[0].text
+
+
 def test_eval_warns_with_the_count_when_prompts_exceed_the_configs_num_ctx(
     cli, tiny_llama, tmp_path
 ):
@@ -171,6 +190,6 @@ def test_eval_warns_with_the_count_when_prompts_exceed_the_configs_num_ctx(
     )  # fmt: skip
     assert result.code in (0, 1), result.err
     assert "warning: 1 of 2 prompts exceed num_ctx 512" in result.err
-    assert "this hf backend saw the whole prompt" in result.err
+    assert "the replies answer what it leaves" in result.err
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert list(summary["over_num_ctx"]["items"]) == ["long"]
