@@ -24,10 +24,8 @@ from pathlib import Path
 from meshtune import data
 from meshtune.commands import load_registry
 from meshtune.files import write_text
-from meshtune.meshmaster import KNOWLEDGE_COMMAND, SHIPPED, own_knowledge
 
 TRAIN = Path("data/mesh_conversations.jsonl")
-KNOWLEDGE_ROWS = Path("data/mesh_knowledge.jsonl")
 EVAL = Path("data/eval/mesh_eval.jsonl")
 SOURCE = "build_core"
 SEED = 21
@@ -298,112 +296,6 @@ def _row(category: str, question: str, reply: str, channel: bool = False) -> dic
     return {**row, "conversations": turns}
 
 
-# Knowledge-path rows: `/meshtastic QUESTION` as people type it, the answer, and the words of
-# an excerpt that must hold it. The reply cites the first retrieved excerpt holding those words;
-# where none does, it is the sentence the bot's prompt demands.
-NO_DATA = "I don't have enough MeshTastic data for that."
-ASKED: list[tuple[str, str, str]] = [
-    ("sf and bw on longfast?", "LongFast is SF11 at 250 kHz", "SF11"),
-    ("longfast speed in kbps", "LongFast gives about 1.07 kbps", "1.07 kbps"),
-    ("list the modem presets", "SHORT_TURBO through VERY_LONG_SLOW; LONG_FAST is the default",
-     "SHORT_TURBO"),
-    ("hop limit out of the box", "The hop limit defaults to 3", "defaults to 3"),
-    ("can hops go above 7", "No, 7 is the maximum hop limit", "maximum is 7"),
-    ("how many retries for acked packets", "Reliable packets are retried up to 3 times",
-     "retried up to 3 times"),
-    ("biggest text i can send from the app", "The phone apps limit a text to 200 bytes",
-     "200 bytes"),
-    ("payload bytes per packet", "A packet holds at most 237 bytes of data", "237 bytes"),
-    ("what freq does the us band use", "The US uses 902-928 MHz (915 MHz)", "902-928"),
-    ("eu frequency for meshtastic", "The EU uses 868 MHz (433 MHz also)", "868"),
-    ("node wont transmit, region unset", "With region UNSET a node stays silent; set it",
-     "UNSET"),
-    ("snr floor for mediumfast", "MediumFast works down to about -12.5 dB SNR", "-12.5"),
-    ("worst snr longslow can decode", "LongSlow goes down to about -20 dB SNR", "-20 dB"),
-    ("is -118 dbm rssi ok", "Poor side: -115 dBm or better is good, -120 or lower poor",
-     "-115 dBm"),
-    ("good rssi but bad snr why", "That means local noise or interference", "interference"),
-    ("role for a roof node", "ROUTER, for well placed infrastructure like a roof", "ROUTER"),
-    ("what role never rebroadcasts", "CLIENT_MUTE never rebroadcasts others' packets",
-     "CLIENT_MUTE"),
-    ("what does router_late do", "ROUTER_LATE rebroadcasts once, after all other nodes",
-     "ROUTER_LATE"),
-    ("tracker role meaning", "TRACKER prioritises GPS position packets", "TRACKER"),
-    ("repeater role still ok?", "No, REPEATER is deprecated", "REPEATER"),
-    ("max channels per node", "Up to 8 channels, index 0-7", "8 channels"),
-    ("is aq== a real secret key", "No, the default key AQ== is publicly known", "AQ=="),
-    ("psk lengths allowed", "Empty, 16 bytes (AES-128) or 32 bytes (AES-256)", "AES-256"),
-    ("are dms encrypted differently", "DMs use public-key encryption since firmware 2.5",
-     "2.5"),
-    ("longest battery board", "nRF52 boards such as the RAK4631 last longest", "nRF52"),
-    ("python: connect over tcp", "TCPInterface(hostname), port 4403", "4403"),
-    ("python sendtext limit", "233 bytes; sendText does not split longer text", "233"),
-    ("how do i relay with mesh master", "DM the bot the shortname, then your message",
-     "shortname"),
-    ("how to leave reference mode", "Type /exit to leave reference mode", "/exit"),
-    ("what does paxcounter count", NO_DATA, ""),
-    ("mqtt broker setup steps", NO_DATA, ""),
-    ("how do i flash firmware over usb", NO_DATA, ""),
-    ("store and forward history size", NO_DATA, ""),
-]  # fmt: skip
-# Reference-mode follow-ups: the `/meshtastic` question and its answer (reply, words), then
-# the follow-up and its answer, from the same excerpts.
-FOLLOWED: list[tuple[str, tuple[str, str], str, tuple[str, str]]] = [
-    ("longfast settings", ("LongFast is SF11 at 250 kHz", "SF11"),
-     "and its coding rate?", ("Coding rate 4/5", "4/5")),
-    ("hop limit default", ("The default hop limit is 3", "defaults to 3"),
-     "whats the max then", ("The maximum is 7", "maximum is 7")),
-    ("snr per preset", ("LongFast works down to about -17.5 dB", "-17.5"),
-     "and for shortfast?", ("ShortFast: about -7.5 dB", "-7.5")),
-    ("default channel key", ("AQ== is publicly known, so not private", "AQ=="),
-     "so how do i make one private", ("Use a random 256-bit key", "256-bit")),
-    ("router role", ("ROUTER always rebroadcasts once", "always rebroadcasts once"),
-     "is it ok on a handheld", ("No, ROUTER is not for handhelds", "handhelds")),
-    ("message size limit", ("A packet holds at most 237 bytes of data", "237 bytes"),
-     "and in the python lib?", ("233 bytes, and it does not split", "233")),
-    ("region and frequency", ("The US uses 902-928 MHz (915 MHz)", "902-928"),
-     "what about europe", ("868 MHz in the EU", "868")),
-    ("battery life boards", ("nRF52 boards have the best battery life", "nRF52"),
-     "is the heltec v3 one of them", (NO_DATA, "")),
-]  # fmt: skip
-
-
-def knowledge_rows() -> list[dict]:
-    """The `/meshtastic` rows and their follow-ups, answered from the excerpts the bot's
-    retrieval returns from meshtune's own knowledge file (a question it finds nothing for is
-    answered by the bot itself and left out)."""
-    kb, rows = own_knowledge(), []
-    for question, answer, holds in ASKED:
-        cited = _cite(kb.search(question, SHIPPED.kb_max_chars), answer, holds)
-        if cited:
-            rows.append(_knowledge_row([f"{KNOWLEDGE_COMMAND} {question}"], [cited]))
-    for question, opening, follow, answer in FOLLOWED:
-        chunks = kb.search(question, SHIPPED.kb_max_chars)
-        first, cited = _cite(chunks, *opening), _cite(chunks, *answer)
-        if first and cited:
-            asked = [f"{KNOWLEDGE_COMMAND} {question}", follow]
-            rows.append(_knowledge_row(asked, [first, cited]))
-    return rows
-
-
-def _cite(chunks: list, answer: str, holds: str) -> str | None:
-    if not chunks:
-        return None
-    if answer == NO_DATA:
-        return NO_DATA
-    for n, chunk in enumerate(chunks, start=1):
-        if holds.lower() in chunk.text.lower():
-            return f"{answer} [{n}]."
-    return NO_DATA
-
-
-def _knowledge_row(asked: list[str], replies: list[str]) -> dict:
-    turns = []
-    for q, a in zip(asked, replies, strict=True):
-        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    return {"category": "knowledge", "source": SOURCE, "conversations": turns}
-
-
 def build(train: Path = TRAIN, suite: Path = EVAL) -> tuple[list[str], int]:
     """The training file's lines with this script's rows made anew (the hand-written rows
     first, unchanged), and how many generated rows were dropped."""
@@ -430,10 +322,7 @@ def build(train: Path = TRAIN, suite: Path = EVAL) -> tuple[list[str], int]:
 
 def main() -> None:
     lines, dropped = build()
-    knowledge = knowledge_rows()
     write_text(TRAIN, "\n".join(lines) + "\n")
-    write_text(KNOWLEDGE_ROWS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in knowledge))
-    print(f"{len(knowledge)} knowledge-path rows written to {KNOWLEDGE_ROWS}")
     made = sum(json.loads(line).get("source") == SOURCE for line in lines)
     print(f"{made} rows written ({dropped} too close to an eval prompt or asked already)")
 

@@ -267,30 +267,3 @@ def test_the_relay_form_is_taught_shortname_first_without_a_slash(train):
     assert len(relays) >= 8
     for c in relays:
         assert re.search(r"DM me: [A-Za-z0-9]+ \w", c.reply) and "/" not in c.reply, c.line
-
-
-KNOWLEDGE_ROWS = DATA / "mesh_knowledge.jsonl"
-
-
-def test_the_knowledge_rows_are_what_the_build_script_writes_from_the_retrieval():
-    rows = [json.loads(line) for line in KNOWLEDGE_ROWS.read_text().splitlines()]
-    assert rows == build_core().knowledge_rows()
-    asked = [r for r in rows if len(r["conversations"]) == 2]
-    followed = [r for r in rows if len(r["conversations"]) == 4]
-    assert len(asked) >= 30 and len(followed) >= 8
-    refusals = 0
-    for r in rows:
-        assert r["conversations"][0]["value"].startswith("/meshtastic ")
-        for turn in r["conversations"][1::2]:
-            reply = turn["value"]
-            assert len(reply.encode()) <= 160
-            refusals += reply == "I don't have enough MeshTastic data for that."
-            assert reply == "I don't have enough MeshTastic data for that." or re.search(
-                r" \[[1-5]\]\.$", reply
-            ), reply
-    assert 4 <= refusals <= len(rows) // 4
-
-
-def test_the_knowledge_rows_check_clean_but_for_the_refusal_sentence_and_their_number():
-    _, issues = data.check(KNOWLEDGE_ROWS)
-    assert sorted(i.code for i in issues) == ["W206", "W210"]  # the bot demands the sentence
