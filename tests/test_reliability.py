@@ -25,7 +25,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import CONFIG_VARIANTS, config_bytes, rows_file, run_main
+from tests.conftest import CONFIG_VARIANTS, REPO, config_bytes, rows_file, run_main
 from tests.tiny import chat_row as chat
 from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
@@ -1662,3 +1662,59 @@ def test_property_random_config_paths_at_deploy(tmp_path_factory, real, stopper,
     if code != 0:
         assert not log.exists() or "ollama create" in err
     assert temps(root) == []
+
+
+# --- Issue 22's second probe, re-run (benchmarks/probe.py): inputs that are not files ---------
+
+
+def _within(seconds: float, *args) -> tuple[int | None, str]:
+    """`meshtune ARGS` in a process of its own, killed after `seconds`: (exit or None, stderr).
+    A read that blocks fails the test instead of hanging it."""
+    proc = _meshtune(*args, stdin=subprocess.DEVNULL)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None, proc.communicate()[1]
+    return proc.returncode, err
+
+
+FIFO_INPUTS = {
+    "prompt --mesh-master-config": lambda f, run: ["prompt", "hi", "--mesh-master-config", f],
+    "prompt --history": lambda f, run: ["prompt", "hi", "--history", f],
+    "prompt --personas": lambda f, run: ["prompt", "hi", "--personas", f],
+    "data check": lambda f, run: ["data", "check", f],
+    "data stats": lambda f, run: ["data", "stats", f],
+    "plan RECIPE": lambda f, run: ["plan", f],
+    "plan --data": lambda f, run: ["plan", REPO / "recipes/embedded-cpu.yaml", "--data", f],
+    "eval --suite": lambda f, run: ["eval", "--replies", run / "empty.jsonl", "--suite", f],
+    "eval --replies": lambda f, run: ["eval", "--replies", f, "--suite", "quick"],
+    "eval --gate": lambda f, run: ["eval", "--replies", run / "empty.jsonl", "--gate", f],
+    "kb check": lambda f, run: ["kb", "check", f],
+    "modelfile check": lambda f, run: ["modelfile", "check", f],
+}
+
+
+@pytest.mark.parametrize("command", FIFO_INPUTS)
+def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(tmp_path, command):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "empty.jsonl").write_text("")
+    code, err = _within(20, *FIFO_INPUTS[command](fifo, tmp_path))
+    assert code == 2, f"exit {code} (None: still reading the FIFO after 20 s): {err}"
+    assert err.strip().splitlines()[-1] == (
+        f"error: {fifo}: is a FIFO, not a regular file; give "
+        + {"data check": "a .jsonl file", "data stats": "a .jsonl file", "plan --data":
+           "a .jsonl file", "plan RECIPE": "a YAML recipe", "eval --suite": "a suite JSONL file",
+           "kb check": "a knowledge file"}.get(command, "a regular file")
+    )  # fmt: skip
+    assert fifo.is_fifo()
+
+
+def test_verify_of_a_run_whose_modelfile_is_a_fifo_is_refused_without_blocking(proved):
+    (proved / "Modelfile").unlink()
+    os.mkfifo(proved / "Modelfile")
+    code, err = _within(30, "verify", proved)
+    assert code == 2, f"exit {code} (None: still reading the FIFO after 30 s): {err}"
+    assert f"{proved / 'Modelfile'}: is a FIFO, not a regular file" in err
+    assert (proved / "Modelfile").is_fifo()
