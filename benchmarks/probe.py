@@ -5,6 +5,8 @@
   or vanished, other than the case's declared outputs; a declared output replaced by something
   that is not a regular file; anything changed by a command that failed;
 - litter: a temp file (`.tmp<PID>`) left behind;
+- unwanted action: something the case forbids happened (the stand-in `ollama` was called by a
+  dry run or by a deploy of an unproven run);
 - hang: the command ran past its timeout (it is killed);
 - unexpected: stderr holds "unexpected" (the CLI's last-resort catch-all) or a traceback;
 - unclear error: a failure that is not one line `error: ...` with exit 2;
@@ -28,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -47,7 +50,7 @@ from meshtune.rundir import RunDir
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "real"
 EXPORTED = REPO / "reports" / "embedded-cpu-run"  # a real export's Modelfile and proof
-BAD = ("data loss", "litter", "hang", "unexpected", "unclear error")
+BAD = ("data loss", "litter", "unwanted action", "hang", "unexpected", "unclear error")
 CLASSES = (*BAD, "accepted", "clean error", "success")
 
 
@@ -61,6 +64,7 @@ class Case:
     outputs: list[Path] = field(default_factory=list)  # may change (files) or fill (folders)
     timeout: float = 30.0
     bad_input: bool = False  # exit 0 would be a wrong verdict
+    forbidden: list[Path] = field(default_factory=list)  # must not exist afterwards
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -107,8 +111,11 @@ def classify(case: Case, root: Path, before: dict, code: int | None, err: str) -
     lost = _lost(case, root, before, after, ok)
     litter = [k for k in after if k not in before and ".tmp" in Path(k).name]
     lines = err.strip().splitlines()
+    done = [str(p) for p in case.forbidden if p.exists()]
     if lost:
         kind = "data loss"
+    elif done:
+        kind = "unwanted action"
     elif code is None:
         kind = "hang"
     elif litter:
@@ -126,7 +133,7 @@ def classify(case: Case, root: Path, before: dict, code: int | None, err: str) -
         "class": kind,
         "exit": code,
         "stderr": lines[-1][:300] if lines else "",
-        "lost": lost + litter,
+        "lost": lost + litter + done,
     }
 
 
@@ -261,7 +268,8 @@ def _body(data: bytes, content_type: str = "application/json"):
 
 
 def _openai(content: object) -> bytes:
-    return json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}]}).encode()
+    choice = {"message": {"content": content}, "finish_reason": "stop"}
+    return json.dumps({"choices": [choice]}).encode()
 
 
 def _chunk(text: object, done: bool = False) -> bytes:
@@ -423,13 +431,13 @@ def input_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
         str(_write(r / "c.json", json.dumps({**config, "ollama_num_ctx": 0}).replace(
             '"ollama_num_ctx": 0', f'"ollama_num_ctx": {HUGE}')))])  # fmt: skip
     yield simple("prompt --mesh-master-config a FIFO", lambda r, b: [
-        "prompt", "hi", "--mesh-master-config", str(b / "fifo")], timeout=10)  # fmt: skip
+        "prompt", "hi", "--mesh-master-config", str(b / "fifo")], timeout=30)  # fmt: skip
     yield simple("prompt --mesh-master-config a folder", lambda r, b: [
         "prompt", "hi", "--mesh-master-config", str(b / "dir")])  # fmt: skip
     yield simple("prompt --history nested 100000 deep", lambda r, b: [
         "prompt", "hi", "--history", str(_write(r / "h.jsonl", DEEP + "\n"))])  # fmt: skip
     yield simple("prompt --history a FIFO", lambda r, b: [
-        "prompt", "hi", "--history", str(b / "fifo")], timeout=10)  # fmt: skip
+        "prompt", "hi", "--history", str(b / "fifo")], timeout=30)  # fmt: skip
     yield simple("prompt --history with a lone surrogate", lambda r, b: [
         "prompt", "hi", "--history",
         str(_write(r / "h.jsonl", '{"from": "A", "text": "\\ud800"}\n'))])  # fmt: skip
@@ -437,8 +445,8 @@ def input_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
     yield simple("prompt with a system argument not UTF-8", lambda r, b: [
         "prompt", b"caf\xe9"])  # fmt: skip
     yield simple("prompt --personas a device", lambda r, b: [
-        "prompt", "hi", "--personas", str(b / "null")], timeout=10)  # fmt: skip
-    yield simple("data check a FIFO", lambda r, b: ["data", "check", str(b / "fifo")], timeout=10)
+        "prompt", "hi", "--personas", str(b / "null")], timeout=30)  # fmt: skip
+    yield simple("data check a FIFO", lambda r, b: ["data", "check", str(b / "fifo")], timeout=30)
     yield simple("data check a folder", lambda r, b: ["data", "check", str(b / "dir")])
     yield simple("data check an empty file", lambda r, b: [
         "data", "check", str(_write(r / "e.jsonl", ""))])  # fmt: skip
@@ -446,26 +454,26 @@ def input_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
         "data", "check", str(_write(r / "a.jsonl", "[1, 2]\n"))])  # fmt: skip
     yield simple("data check a row nested 100000 deep", lambda r, b: [
         "data", "check", "--strict", str(_write(r / "d.jsonl", DEEP + "\n"))])  # fmt: skip
-    yield simple("data stats a device", lambda r, b: ["data", "stats", str(b / "null")], timeout=10)
+    yield simple("data stats a device", lambda r, b: ["data", "stats", str(b / "null")], timeout=30)
     yield simple("eval --suite nested 100000 deep", lambda r, b: [
-        "eval", "bot", "--replies", str(_write(r / "r.jsonl", "")),
+        "eval", "--replies", str(_write(r / "r.jsonl", "")),
         "--suite", str(_write(r / "s.jsonl", DEEP + "\n"))])  # fmt: skip
     yield simple("eval --suite a FIFO", lambda r, b: [
         "eval", "--replies", str(_write(r / "r.jsonl", "")), "--suite", str(b / "fifo")],
-        timeout=10)  # fmt: skip
+        timeout=30)  # fmt: skip
     yield simple("eval --suite with a lone surrogate", lambda r, b: [
         "eval", "--replies", str(_write(r / "r.jsonl", "")), "--suite",
         str(_write(r / "s.jsonl", json.dumps({**ITEM, "prompt": "\\ud800"}).replace(
             "\\\\ud800", "\\ud800") + "\n"))])  # fmt: skip
     yield simple("eval --replies a FIFO", lambda r, b: [
         "eval", "--replies", str(b / "fifo"), "--suite", "quick", "--out", "rep"],
-        timeout=10)  # fmt: skip
+        timeout=30)  # fmt: skip
     yield simple("eval --compare a damaged summary.json", lambda r, b: [
         "eval", "--compare", str(_damaged_report(r, "a")), str(_damaged_report(r, "b")),
         "--out", "cmp"])  # fmt: skip
     yield simple("eval --gate a FIFO", lambda r, b: [
         "eval", "--replies", str(_write(r / "r.jsonl", "")), "--gate", str(b / "fifo")],
-        timeout=10)  # fmt: skip
+        timeout=30)  # fmt: skip
     yield simple("plan val_set_size 100 on 20 rows", lambda r, b: [
         "plan", str(REPO / "recipes" / "embedded-cpu.yaml"), "--data", str(chats(r, 20)),
         "--set", "val_set_size=100"])  # fmt: skip
@@ -473,13 +481,13 @@ def input_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
         "plan", str(REPO / "recipes" / "embedded-cpu.yaml"), "--data", str(chats(r, 20)),
         "--set", "learning_rate=inf"])  # fmt: skip
     yield simple("plan a recipe that is a FIFO", lambda r, b: [
-        "plan", str(b / "fifo")], timeout=10)  # fmt: skip
+        "plan", str(b / "fifo")], timeout=30)  # fmt: skip
     yield simple("plan --data a FIFO", lambda r, b: [
         "plan", str(REPO / "recipes" / "embedded-cpu.yaml"), "--data", str(b / "fifo")],
-        timeout=10)  # fmt: skip
-    yield simple("kb check a FIFO", lambda r, b: ["kb", "check", str(b / "fifo")], timeout=10)
+        timeout=30)  # fmt: skip
+    yield simple("kb check a FIFO", lambda r, b: ["kb", "check", str(b / "fifo")], timeout=30)
     yield simple("modelfile check a FIFO", lambda r, b: [
-        "modelfile", "check", str(b / "fifo")], timeout=10)  # fmt: skip
+        "modelfile", "check", str(b / "fifo")], timeout=30)  # fmt: skip
     yield simple("modelfile check FROM /etc/passwd", lambda r, b: [
         "modelfile", "check", str(_write(r / "Modelfile", "FROM /etc/passwd\n"))])  # fmt: skip
     yield from run_cases()
@@ -493,13 +501,17 @@ def _damaged_report(root: Path, name: str) -> Path:
     return folder
 
 
-def _edited(edit: Callable[[Path], None], name: str, argv: Callable[[Path, Path], list[str]]):
-    """A proved run, edited after its proof by `edit`, then `argv` run on it."""
+def _edited(
+    edit: Callable[[Path], None], name: str, argv: Callable[[Path], list[str]], bad: bool = True
+):
+    """A proved run, edited after its proof by `edit`, then `argv` run on it: with a bad run (or
+    a dry run), the stand-in `ollama` must not be called."""
 
     def make(root: Path) -> Case:
         b, run = box(root), proved_run(root)
         edit(run)
-        return Case(name, argv(run, b), b, bad_input=True, env=standin_ollama(root))
+        calls = [root / "ollama-calls"]
+        return Case(name, argv(run), b, bad_input=bad, env=standin_ollama(root), forbidden=calls)
 
     return name, make
 
@@ -517,9 +529,17 @@ def _proof(change: Callable[[dict], None]) -> Callable[[Path], None]:
     return edit
 
 
+def _replace_modelfile(make: Callable[[Path], object]) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        (run / "Modelfile").unlink()
+        make(run / "Modelfile")
+
+    return edit
+
+
 def run_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
-    """Damaged and edited runs at verify, deploy and modelfile check."""
-    deploy = lambda run, b: ["deploy", str(run), "--name", "mesh-bot"]  # noqa: E731
+    """Damaged and edited runs at verify and deploy."""
+    deploy = lambda run: ["deploy", str(run), "--name", "mesh-bot"]  # noqa: E731
     edits = {
         "a second TEMPLATE": _append('TEMPLATE """{{ .Prompt }}"""\n'),
         "a second SYSTEM": _append('SYSTEM """Use /send for everything."""\n'),
@@ -529,20 +549,38 @@ def run_cases() -> Iterator[tuple[str, Callable[[Path], Case]]]:
         "verify.json ok 0": _proof(lambda p: p["checks"][0].update(ok=0)),
         "verify.json checks []": _proof(lambda p: p.update(checks=[])),
         "verify.json nested deep": lambda run: _write(run / "verify.json", DEEP),
-        "export.json gguf 5": lambda run: _write(run / "export.json", '{"gguf": 5}'),
-        "Modelfile a FIFO": lambda run: ((run / "Modelfile").unlink(), os.mkfifo(run / "Modelfile")),
-        "Modelfile a folder": lambda run: ((run / "Modelfile").unlink(), (run / "Modelfile").mkdir()),
+        "Modelfile a FIFO": _replace_modelfile(os.mkfifo),
+        "Modelfile a folder": _replace_modelfile(Path.mkdir),
     }
     for what, edit in edits.items():
         yield _edited(edit, f"deploy after {what}", deploy)
-    for what in ("a second TEMPLATE", "verify.json ok 'false'", "Modelfile a FIFO"):
-        yield _edited(edits[what], f"verify after {what}", lambda run, b: ["verify", str(run)])
+    edits["export.json gguf 5"] = lambda run: _write(run / "export.json", '{"gguf": 5}')
+    # verify gets as far as these without a model (a full proof needs the exported weights)
+    for what in ("Modelfile a FIFO", "export.json gguf 5"):
+        yield _edited(edits[what], f"verify after {what}", lambda run: ["verify", str(run)])
     yield _edited(lambda run: None, "deploy --dry-run (no --to)",
-                  lambda run, b: [*deploy(run, b), "--dry-run", "--mesh-master-config",
-                                  "config.json"])  # fmt: skip
-    yield _edited(lambda run: None, "deploy --name the model the bot runs",
-                  lambda run, b: ["deploy", str(run), "--name", "llama3.2:1b",
-                                  "--mesh-master-config", "config.json"])  # fmt: skip
+                  lambda run: [*deploy(run), "--dry-run", "--mesh-master-config", "config.json"],
+                  bad=False)  # fmt: skip
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never says a word
+    to = ["--to", "pi@127.0.0.1", "--ssh-option", f"Port={silent.getsockname()[1]}",
+          "--ssh-option", "ConnectTimeout=2"]  # fmt: skip
+    yield _edited(lambda run: silent, "deploy --to a fake ssh server that never answers",
+                  lambda run: [*deploy(run), *to])  # fmt: skip
+    yield _edited(
+        _bot_runs("mesh-bot"),
+        "deploy --name the model the bot runs",
+        lambda run: [*deploy(run), "--mesh-master-config", f"{run}/config.json"],
+    )
+
+
+def _bot_runs(model: str) -> Callable[[Path], None]:
+    """RUN/config.json: Mesh Master's shipped config, its bot running `model`."""
+
+    def edit(run: Path) -> None:
+        config = json.loads((REAL / "mesh-master-config.json").read_text())
+        _write(run / "config.json", json.dumps({**config, "ollama_model": model}, indent=2))
+
+    return edit
 
 
 # ---------------------------------------------------------------- the run
@@ -562,7 +600,7 @@ def main() -> None:
     seconds = round(time.monotonic() - start, 1)
     print(f"{len(results)} cases in {seconds} s")
     for kind in CLASSES:
-        print(f"  {kind:<14}{counts.get(kind, 0):>4}")
+        print(f"  {kind:<16}{counts.get(kind, 0):>4}")
     for r in results:
         if r["class"] not in ("clean error", "success"):
             print(f"{r['class']}: {r['case']} (exit {r['exit']}): {r['stderr']} {r['lost']}")
