@@ -1718,3 +1718,68 @@ def test_verify_of_a_run_whose_modelfile_is_a_fifo_is_refused_without_blocking(p
     assert code == 2, f"exit {code} (None: still reading the FIFO after 30 s): {err}"
     assert f"{proved / 'Modelfile'}: is a FIFO, not a regular file" in err
     assert (proved / "Modelfile").is_fifo()
+
+
+@settings(FAST, max_examples=15)
+@given(HOSTILE_PATHS)
+def test_property_random_report_folders_at_eval_out(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("eval")
+    box = _hostile_folder(root, real)
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json")
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("eval", "bot", "--backend", "openai", "--url", server.url,
+                                "--suite", "quick", "--samples", "1", "--out", target)  # fmt: skip
+    finally:
+        os.chdir(cwd)
+        server.close()
+    assert _outcome_is_allowed(code, err, allowed=(0, 1, 2)), err
+    assert [k for k in before if snapshot(root).get(k) != before[k]] == []  # only new files
+    if code != 2:
+        assert (box / target / "summary.json").is_file()
+    else:
+        assert server.requests == 0  # refused before evaluating
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_output_dirs_at_train_touch_nothing_before_the_model_loads(
+    tmp_path_factory, real, target
+):
+    # The base model is missing, so every target that is not refused fails at the model check:
+    # either way nothing under the folder may change, not even a new empty run folder.
+    root = tmp_path_factory.mktemp("train")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(6)])
+    before = snapshot(root)
+    cwd = os.getcwd()
+    os.chdir(box)
+    try:
+        code, _, err = run_main("train", REPO / "recipes" / "embedded-cpu.yaml", "--data", data,
+                                "--output-dir", target, "--set",
+                                f"base_model={root / 'no-such-model'}")  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    assert code == 2 and _outcome_is_allowed(code, err), err
+    assert snapshot(root) == before, (target, err)
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_eval_out_through_a_dangling_or_looping_link_is_refused_before_evaluating(
+    cli, tmp_path, link
+):
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json")
+    out = tmp_path / link
+    out.symlink_to(tmp_path / ("missing" if link == "dangling" else link))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--out", out / "report")  # fmt: skip
+    finally:
+        server.close()
+    assert one_line_error(r) and f"{out} is a link to nothing" in r.err, r.err
+    assert server.requests == 0 and out.is_symlink()

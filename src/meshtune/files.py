@@ -277,6 +277,11 @@ def check_output_dir(path: Path, option: str) -> None:
         raise MeshtuneError(f"{option} {path}: is a file, not a folder; choose a folder")
     existing = path
     while not existing.exists():
+        if existing.is_symlink():  # mkdir would fail on it after the work, not before
+            raise MeshtuneError(
+                f"{option} {path}: {existing} is a link to nothing ({os.readlink(existing)}); "
+                "choose a folder"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise MeshtuneError(f"{option} {path}: {existing} is a file, not a folder")
