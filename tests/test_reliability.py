@@ -1728,14 +1728,9 @@ def test_property_random_report_folders_at_eval_out(tmp_path_factory, real, targ
     reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
     server = _Server(json.dumps(reply).encode(), "application/json")
     before = snapshot(root)
-    cwd = os.getcwd()
-    os.chdir(box)
-    try:
+    with contextlib.chdir(box), contextlib.closing(server):
         code, _, err = run_main("eval", "bot", "--backend", "openai", "--url", server.url,
                                 "--suite", "quick", "--samples", "1", "--out", target)  # fmt: skip
-    finally:
-        os.chdir(cwd)
-        server.close()
     assert _outcome_is_allowed(code, err, allowed=(0, 1, 2)), err
     assert [k for k in before if snapshot(root).get(k) != before[k]] == []  # only new files
     if code != 2:
@@ -1756,14 +1751,10 @@ def test_property_random_output_dirs_at_train_touch_nothing_before_the_model_loa
     box = _hostile_folder(root, real)
     data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(6)])
     before = snapshot(root)
-    cwd = os.getcwd()
-    os.chdir(box)
-    try:
+    with contextlib.chdir(box):
         code, _, err = run_main("train", REPO / "recipes" / "embedded-cpu.yaml", "--data", data,
                                 "--output-dir", target, "--set",
                                 f"base_model={root / 'no-such-model'}")  # fmt: skip
-    finally:
-        os.chdir(cwd)
     assert code == 2 and _outcome_is_allowed(code, err), err
     assert snapshot(root) == before, (target, err)
 
