@@ -77,10 +77,11 @@ def meshtune(args: list[str], log: Path, env: dict[str, str] | None = None) -> f
     return time.perf_counter() - start
 
 
-def trainers(gpus: int) -> "queue.Queue[int | None]":
-    """Slots for trainings: one per GPU, or a single CPU slot."""
+def trainers(gpus: int, per_gpu: int = 1) -> "queue.Queue[int | None]":
+    """Slots for trainings: `per_gpu` per GPU (a 135M model at micro batch 1 leaves most of an
+    H200 idle, so several variants share it), or a single CPU slot."""
     slots: queue.Queue[int | None] = queue.Queue()
-    for slot in range(gpus) if gpus else [None]:
+    for slot in [g for g in range(gpus) for _ in range(per_gpu)] if gpus else [None]:
         slots.put(slot)
     return slots
 
@@ -160,13 +161,14 @@ def main() -> None:
         help="llamacpp: export and evaluate the GGUF on the CPU; hf: evaluate on the GPU",
     )  # fmt: skip
     ap.add_argument("--engine", choices=("cpu", "cuda"), help="train --engine (default: by device)")
+    ap.add_argument("--per-gpu", type=int, default=1, help="variants sharing one GPU at once")
     args = ap.parse_args()
 
     import torch
 
     variants = [parse_variant(v) for v in args.variants]
     args.work.mkdir(parents=True, exist_ok=True)
-    slots = trainers(torch.cuda.device_count())
+    slots = trainers(torch.cuda.device_count(), args.per_gpu)
     done: list[dict[str, Any]] = []
     lock = threading.Lock()
 

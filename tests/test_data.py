@@ -199,7 +199,7 @@ def test_every_problem_is_reported_not_only_the_first(tmp_path):
 def test_a_missing_file_or_a_folder_is_one_clear_error(tmp_path):
     with pytest.raises(MeshtuneError, match="no such file"):
         read_dataset(tmp_path / "nope.jsonl")
-    with pytest.raises(MeshtuneError, match="is a directory"):
+    with pytest.raises(MeshtuneError, match="is a folder, not a regular file"):
         read_dataset(tmp_path)
 
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import CONFIG_VARIANTS, config_bytes, rows_file, run_main
+from tests.conftest import CONFIG_VARIANTS, REPO, config_bytes, rows_file, run_main
 from tests.tiny import chat_row as chat
 from tests.tiny import lora_run, stand_in_ollama, write_recipe
 
@@ -1662,3 +1662,157 @@ def test_property_random_config_paths_at_deploy(tmp_path_factory, real, stopper,
     if code != 0:
         assert not log.exists() or "ollama create" in err
     assert temps(root) == []
+
+
+# --- Issue 22's second probe, re-run (benchmarks/probe.py): inputs that are not files ---------
+
+
+def _within(seconds: float, *args) -> tuple[int | None, str]:
+    """`meshtune ARGS` in a process of its own, killed after `seconds`: (exit or None, stderr).
+    A read that blocks fails the test instead of hanging it."""
+    proc = _meshtune(*args, stdin=subprocess.DEVNULL)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None, proc.communicate()[1]
+    return proc.returncode, err
+
+
+FIFO_INPUTS = {
+    "prompt --mesh-master-config": lambda f, run: ["prompt", "hi", "--mesh-master-config", f],
+    "prompt --history": lambda f, run: ["prompt", "hi", "--history", f],
+    "prompt --personas": lambda f, run: ["prompt", "hi", "--personas", f],
+    "data check": lambda f, run: ["data", "check", f],
+    "data stats": lambda f, run: ["data", "stats", f],
+    "plan RECIPE": lambda f, run: ["plan", f],
+    "plan --data": lambda f, run: ["plan", REPO / "recipes/embedded-cpu.yaml", "--data", f],
+    "eval --suite": lambda f, run: ["eval", "--replies", run / "empty.jsonl", "--suite", f],
+    "eval --replies": lambda f, run: ["eval", "--replies", f, "--suite", "quick"],
+    "eval --gate": lambda f, run: ["eval", "--replies", run / "empty.jsonl", "--gate", f],
+    "kb check": lambda f, run: ["kb", "check", f],
+    "modelfile check": lambda f, run: ["modelfile", "check", f],
+}
+
+
+@pytest.mark.parametrize("command", FIFO_INPUTS)
+def test_a_fifo_given_as_an_input_file_is_refused_without_blocking(tmp_path, command):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "empty.jsonl").write_text("")
+    code, err = _within(20, *FIFO_INPUTS[command](fifo, tmp_path))
+    assert code == 2, f"exit {code} (None: still reading the FIFO after 20 s): {err}"
+    assert err.strip().splitlines()[-1] == (
+        f"error: {fifo}: is a FIFO, not a regular file; give "
+        + {"data check": "a .jsonl file", "data stats": "a .jsonl file", "plan --data":
+           "a .jsonl file", "plan RECIPE": "a YAML recipe", "eval --suite": "a suite JSONL file",
+           "kb check": "a knowledge file"}.get(command, "a regular file")
+    )  # fmt: skip
+    assert fifo.is_fifo()
+
+
+def test_verify_of_a_run_whose_modelfile_is_a_fifo_is_refused_without_blocking(proved):
+    (proved / "Modelfile").unlink()
+    os.mkfifo(proved / "Modelfile")
+    code, err = _within(30, "verify", proved)
+    assert code == 2, f"exit {code} (None: still reading the FIFO after 30 s): {err}"
+    assert f"{proved / 'Modelfile'}: is a FIFO, not a regular file" in err
+    assert (proved / "Modelfile").is_fifo()
+
+
+@settings(FAST, max_examples=15)
+@given(HOSTILE_PATHS)
+def test_property_random_report_folders_at_eval_out(tmp_path_factory, real, target):
+    root = tmp_path_factory.mktemp("eval")
+    box = _hostile_folder(root, real)
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json")
+    before = snapshot(root)
+    with contextlib.chdir(box), contextlib.closing(server):
+        code, _, err = run_main("eval", "bot", "--backend", "openai", "--url", server.url,
+                                "--suite", "quick", "--samples", "1", "--out", target)  # fmt: skip
+    assert _outcome_is_allowed(code, err, allowed=(0, 1, 2)), err
+    assert [k for k in before if snapshot(root).get(k) != before[k]] == []  # only new files
+    if code != 2:
+        assert (box / target / "summary.json").is_file()
+    else:
+        assert server.requests == 0  # refused before evaluating
+    assert temps(root) == []
+
+
+@FAST
+@given(HOSTILE_PATHS)
+def test_property_random_output_dirs_at_train_touch_nothing_before_the_model_loads(
+    tmp_path_factory, real, target
+):
+    # The base model is missing, so every target that is not refused fails at the model check:
+    # either way nothing under the folder may change, not even a new empty run folder.
+    root = tmp_path_factory.mktemp("train")
+    box = _hostile_folder(root, real)
+    data = rows_file(root, [chat(f"q {i}?", f"a {i}.") for i in range(6)])
+    before = snapshot(root)
+    with contextlib.chdir(box):
+        code, _, err = run_main("train", REPO / "recipes" / "embedded-cpu.yaml", "--data", data,
+                                "--output-dir", target, "--set",
+                                f"base_model={root / 'no-such-model'}")  # fmt: skip
+    assert code == 2 and _outcome_is_allowed(code, err), err
+    assert snapshot(root) == before, (target, err)
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_eval_out_through_a_dangling_or_looping_link_is_refused_before_evaluating(
+    cli, tmp_path, link
+):
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}]}
+    server = _Server(json.dumps(reply).encode(), "application/json")
+    out = tmp_path / link
+    out.symlink_to(tmp_path / ("missing" if link == "dangling" else link))
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--out", out / "report")  # fmt: skip
+    finally:
+        server.close()
+    assert one_line_error(r) and f"{out} is a link to nothing" in r.err, r.err
+    assert server.requests == 0 and out.is_symlink()
+
+
+def test_eval_is_not_ready_when_the_backend_saw_whole_prompts_ollama_cuts_at_num_ctx(
+    cli, tiny_llama, tmp_path
+):
+    from meshtune.evaluate.gate import GateConfig, judge
+
+    suite = rows_file(tmp_path, [{"id": "short", "prompt": "hi"},
+                                 {"id": "long", "prompt": " ".join(["word"] * 700)}],
+                      name="suite.jsonl")  # fmt: skip
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ollama_num_ctx": 512}))
+    gate = tmp_path / "gate.yaml"  # every other criterion off: only the prompts' fit decides
+    gate.write_text("".join(f"{key}: null\n" for key in GateConfig.model_fields))
+    r = cli("eval", tiny_llama, "--backend", "hf", "--suite", suite, "--profile", "greedy",
+            "--mesh-master-config", config, "--gate", gate,
+            "--out", tmp_path / "report")  # fmt: skip
+    assert r.code == 1, r.err
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["gate"]["verdict"] == "NOT READY"
+    (c,) = summary["gate"]["criteria"]
+    assert c["name"] == "prompts within num_ctx" and c["value"] == 1 and not c["ok"]
+    assert "hf backend saw whole but Ollama cuts at num_ctx 512" in c["what"]
+    assert c["examples"][0]["item"] == "long"
+    # the same replies from a backend that cuts as Ollama does answered the bot's input
+    rows = [json.loads(line) for line in (tmp_path / "report" / "replies.jsonl").open()]
+    off = GateConfig(**dict.fromkeys(GateConfig.model_fields))
+    assert judge({**summary, "backend": "llamacpp"}, rows, off).ready
+
+
+@pytest.mark.parametrize("output", ["Modelfile", "verify.json", "DEPLOY.md", "stopper-F32.gguf"])
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link to a folder"])
+def test_export_refuses_an_output_that_is_not_a_file_before_merging(proved, cli, output, kind):
+    path = proved / output
+    path.unlink(missing_ok=True)
+    {"folder": path.mkdir, "fifo": lambda: os.mkfifo(path),
+     "link to a folder": lambda: path.symlink_to(proved / "best")}[kind]()  # fmt: skip
+    merged = (proved / "merged").stat().st_ino
+    r = cli("export", proved, "--quant", "F32", "--name", "stopper")
+    assert one_line_error(r) and f"{output}: is a " in r.err and "an export output" in r.err, r.err
+    assert (proved / "merged").stat().st_ino == merged  # not merged again
+    assert os.path.lexists(path) and temps(proved) == []

@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import CONFIG_VARIANTS, REPO, config_bytes
 
 from meshtune import meshmaster
+from meshtune.export import remote
 from meshtune.export.proof import file_digest, quick_prompts
 from meshtune.rundir import RunDir
 
@@ -40,6 +41,7 @@ STANDIN_OLLAMA = """#!/bin/sh
 # stand-in for ollama: `create NAME -f Modelfile` checks FROM's file and records NAME
 [ "$1" = create ] || { echo "stand-in ollama: only create" >&2; exit 2; }
 [ -f "$STANDIN/fail-create" ] && { echo "Error: stand-in refuses to create $2" >&2; exit 1; }
+[ -f "$STANDIN/hang-create" ] && sleep 20
 from=$(sed -n 's|^FROM \\./||p' "$4")
 [ -f "$from" ] || { echo "Error: no such file $from" >&2; exit 1; }
 echo "$2 $(pwd)" >> "$STANDIN/created"
@@ -78,6 +80,9 @@ class Pi:
 
     def fail(self, what: str) -> None:
         (self.home / f"fail-{what}").touch()
+
+    def hang(self, what: str) -> None:
+        (self.home / f"hang-{what}").touch()
 
 
 def _ollama_standin(pi: Pi) -> ThreadingHTTPServer:
@@ -409,3 +414,34 @@ def test_a_failed_restart_puts_back_both_keys_byte_for_byte(cli, pi: Pi, run_dir
     r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
     assert r.code == 2 and "restored" in r.err, r.err
     assert pi.config.read_bytes() == before
+
+
+# --- Issue 22, the probe re-run: a Pi that never answers ends at a deadline --------------------
+
+
+def test_an_ssh_server_that_never_answers_ends_at_the_operators_connect_timeout(cli, run_dir):
+    with socket.socket() as silent:  # takes the connection, never sends ssh's banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        r = cli("deploy", run_dir, "--name", "meshtune-v2", "--to", "pi@127.0.0.1",
+                "--ssh-option", f"Port={port}", "--ssh-option", "ConnectTimeout=2")  # fmt: skip
+        seconds = time.monotonic() - start
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "check ollama failed on pi@127.0.0.1 (exit 255)" in r.err and "timed out" in r.err
+    assert seconds < 10  # the operator's ConnectTimeout=2, not meshtune's own 15 s
+
+
+def test_a_pi_command_that_never_returns_ends_at_its_step_deadline_and_changes_nothing(
+    cli, pi: Pi, run_dir: Path, monkeypatch
+):
+    monkeypatch.setitem(remote.STEP_TIMEOUT_S, "ollama create", 2.0)
+    before = pi.config.read_bytes()
+    pi.hang("create")
+    start = time.monotonic()
+    r = deploy(cli, pi, run_dir, "--restart", "mesh-ai")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert f"ollama create on {pi.target}: no end after 2 s (the command did not return)" in r.err
+    assert time.monotonic() - start < 15
+    assert pi.config.read_bytes() == before and pi.requests == [] and pi.restarts() == []

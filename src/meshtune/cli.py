@@ -539,7 +539,7 @@ def eval_cmd(
 
 
 def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
-    from meshtune.evaluate import CUTTING_BACKENDS
+    from meshtune.evaluate.backends import CUTTING_BACKENDS
 
     over = summary.get("over_num_ctx") or {}
     if over.get("items"):

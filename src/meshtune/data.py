@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
 from meshtune.errors import Issue, MeshtuneError, register_codes
-from meshtune.files import atomic_files
+from meshtune.files import atomic_files, input_file
 from meshtune.jsontext import type_name
 from meshtune.meshmaster import CHUNK_BYTES, question_of, split_chunks
 
@@ -183,10 +183,9 @@ class Dataset:
 def read_dataset(path: str | Path, spec: DatasetSpec | None = None) -> Dataset:
     """Read a JSONL chat file. Every bad row becomes an Issue; good rows become Conversations."""
     path = Path(path)
+    input_file(path, "a .jsonl file")
     try:
         data = path.read_bytes()
-    except IsADirectoryError as e:
-        raise MeshtuneError(f"{path}: is a directory; pass a .jsonl file") from e
     except FileNotFoundError as e:
         raise MeshtuneError(f"{path}: no such file; check the path") from e
     except OSError as e:

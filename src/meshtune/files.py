@@ -25,6 +25,7 @@ _TEMP = re.compile(r".+\.tmp(\d+)$")
 
 def read_text(path: Path) -> str:
     """A UTF-8 text file (a leading BOM dropped); unreadable is a one-line error."""
+    input_file(path)
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -35,6 +36,7 @@ def read_text(path: Path) -> str:
 
 def read_json(path: Path, fix: str) -> dict[str, Any]:
     """A JSON object file meshtune wrote; missing or damaged says `fix`."""
+    input_file(path)
     try:
         data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
@@ -64,6 +66,25 @@ _KINDS = {
     stat.S_IFIFO: "a FIFO",
     stat.S_IFSOCK: "a socket",
 }
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What `path` resolves to when that is not a regular file (a folder, a FIFO, a device);
+    None for a regular file or nothing at all."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # missing, or a link loop: the open that follows names it
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def input_file(path: Path, what: str = "a regular file") -> Path:
+    """A path meshtune reads, checked before it is opened: a FIFO's or a terminal device's read
+    would wait forever for a writer, a folder's fails later with a vaguer message."""
+    kind = _not_a_file(path)
+    if kind is not None:
+        raise MeshtuneError(f"{path}: is {kind}, not a regular file; give {what}")
+    return path
 
 
 def output_file(path: Path, what: str = "the output") -> Path:
@@ -256,6 +277,11 @@ def check_output_dir(path: Path, option: str) -> None:
         raise MeshtuneError(f"{option} {path}: is a file, not a folder; choose a folder")
     existing = path
     while not existing.exists():
+        if existing.is_symlink():  # mkdir would fail on it after the work, not before
+            raise MeshtuneError(
+                f"{option} {path}: {existing} is a link to nothing ({os.readlink(existing)}); "
+                "choose a folder"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise MeshtuneError(f"{option} {path}: {existing} is a file, not a folder")

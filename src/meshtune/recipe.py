@@ -20,6 +20,7 @@ from pydantic import (
 
 from meshtune.data import DatasetSpec
 from meshtune.errors import MeshtuneError
+from meshtune.files import input_file
 from meshtune.meshmaster import DEFAULT_SYSTEM_PROMPT
 
 # Axolotl keys meshtune accepts but does not use, and why.
@@ -188,6 +189,7 @@ def load_recipe(
 ) -> LoadedRecipe:
     """Read, apply `--set key=value` overrides and `--data`, validate."""
     path = Path(path)
+    input_file(path, "a YAML recipe")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as e:

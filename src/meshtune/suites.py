@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from meshtune import jsontext
 from meshtune.errors import MeshtuneError
-from meshtune.files import read_text
+from meshtune.files import input_file, read_text
 from meshtune.meshmaster import AI_COMMANDS, KNOWLEDGE_COMMAND
 
 DEFAULT_MAX_CHARS = 200  # the guide's limit for one reply
@@ -237,7 +237,7 @@ def suite_path(name_or_path: str) -> tuple[str, Path]:
                 "checkout or pass the suite file's path"
             )
         return name_or_path, path
-    path = Path(name_or_path).expanduser()
+    path = input_file(Path(name_or_path).expanduser(), "a suite JSONL file")
     if not path.is_file():
         names = ", ".join(BUILTIN)
         raise MeshtuneError(

@@ -29,6 +29,7 @@ from meshtune.delivery import FALLBACK_TOKENIZER, Delivery, deliver, model_token
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate import metrics
 from meshtune.evaluate.backends import (
+    CUTTING_BACKENDS,
     Backend,
     Generation,
     ModelSpec,
@@ -45,9 +46,6 @@ from meshtune.suites import KNOWLEDGE_KINDS, Item, Suite, load_suite
 __all__ = ["Comparison", "EvalResult", "compare", "evaluate", "load_result", "score_replies"]
 
 DEFAULT_SAMPLES = 3
-# The backends that hand the model what Ollama's cut at num_ctx leaves (an OpenAI-compatible
-# server gets the whole prompt).
-CUTTING_BACKENDS = ("llamacpp", "ollama", "hf")
 Progress = Callable[[int, int], None]
 
 

@@ -32,6 +32,11 @@ BACKENDS = ("hf", "llamacpp", "openai", "ollama")
 DEFAULT_URLS = {"openai": "http://127.0.0.1:8000", "ollama": "http://localhost:11434"}
 
 
+# The backends that hand the model what Ollama's cut at num_ctx leaves (an OpenAI-compatible
+# server gets the whole prompt).
+CUTTING_BACKENDS = ("llamacpp", "ollama", "hf")
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     text: str

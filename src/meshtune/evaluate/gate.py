@@ -47,6 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from meshtune.errors import MeshtuneError
+from meshtune.evaluate.backends import CUTTING_BACKENDS
 from meshtune.files import read_text
 
 EXAMPLES = 3  # example replies shown per failing criterion
@@ -241,6 +242,7 @@ def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) 
             )
         )
     criteria += _knowledge_criteria(summary, rows, cfg)
+    criteria += _whole_prompts(summary, rows)
     for c in criteria:
         c.by_kind = _by_kind(c.name, summary)
     return Verdict(all(c.ok for c in criteria), criteria)
@@ -283,6 +285,22 @@ def _knowledge_criteria(
                 )
             )
     return criteria
+
+
+def _whole_prompts(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[Criterion]:
+    """Prompts Ollama would cut at the config's num_ctx, answered by a backend that saw them
+    whole: those replies answer another input than the bot's model gets, so no READY."""
+    over = (summary.get("over_num_ctx") or {}).get("items") or {}
+    backend = summary.get("backend")
+    if not over or backend in CUTTING_BACKENDS:
+        return []
+    num_ctx = summary["over_num_ctx"]["num_ctx"]
+    what = (
+        f"prompts the {backend} backend saw whole but Ollama cuts at num_ctx {num_ctx}; "
+        "evaluate with --backend llamacpp, or raise ollama_num_ctx"
+    )
+    cut = [r for r in rows if r["item"] in over]
+    return [_criterion("prompts within num_ctx", False, len(over), "0", what, cut)]
 
 
 # Where each criterion's value lies in a summary (the whole suite's or one kind's).

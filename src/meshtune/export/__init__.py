@@ -27,7 +27,7 @@ from meshtune.export.deploy import check_name, default_name
 from meshtune.export.gguf import QUANTS, write_gguf
 from meshtune.export.merge import merge
 from meshtune.export.proof import verify
-from meshtune.files import read_text, remove_stale_temps, write_text
+from meshtune.files import output_file, read_text, remove_stale_temps, write_text
 from meshtune.meshmaster import OPTIONS
 from meshtune.meshmaster.knowledge import OWN_KNOWLEDGE
 from meshtune.rundir import ExportInfo, RunDir, Verification, load_trained
@@ -59,6 +59,10 @@ def export(
     remove_stale_temps(run.path)  # left by an export that was killed
     stages: dict[str, float] = {}
     gguf_name = f"{name}-{quant}.gguf"
+    outputs = [run.path / gguf_name, run.modelfile, run.knowledge, run.export_info,
+               run.verification, run.deploy_note]  # fmt: skip
+    for path in outputs:  # a folder or FIFO in their place fails now, not after the merge
+        output_file(path, "an export output")
     with _stage(stages, "merge"):
         progress(f"merging {trained.adapter} into {trained.base_model}")
         tokenizer = merge(trained, run.merged)

@@ -14,7 +14,7 @@ from meshtune import chat, ollama
 from meshtune.errors import MeshtuneError
 from meshtune.export import modelfile
 from meshtune.export.merge import THREADS, torch_threads
-from meshtune.files import read_json
+from meshtune.files import input_file, read_json
 from meshtune.meshmaster import OPTIONS, SHIPPED, build_prompt
 from meshtune.meshmaster.truncation import ollama_cut
 from meshtune.rundir import Check, ExportInfo, RunDir, Verification
@@ -45,6 +45,7 @@ LOGIT_BOUNDS: dict[str, float] = {
 def file_digest(path: Path) -> tuple[str, int]:
     """sha256 and size of a file, read in blocks (a GGUF can be gigabytes)."""
     h = sha256()
+    input_file(path)
     try:
         with path.open("rb") as f:
             while block := f.read(1 << 20):

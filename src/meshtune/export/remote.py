@@ -28,8 +28,14 @@ from meshtune.files import read_text
 from meshtune.rundir import RunDir
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434/api/generate"
-SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15")  # never wait on a password
+# Never wait on a password; a Pi that stops answering (mid-session too) ends the step in ~1 min.
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+               "-o", "ServerAliveCountMax=4")  # fmt: skip
 VERIFY_TIMEOUT_S = 300  # a first request loads the model from the Pi's SD card
+# How long a step may take in all, even on a live connection (a command that never returns).
+STEP_TIMEOUT_S = {"ollama create": 1800.0, "ask the new model": VERIFY_TIMEOUT_S + 60.0}
+DEFAULT_STEP_TIMEOUT_S = 120.0
+COPY_BYTES_PER_S = 64 * 1024  # the slowest link a copy is given time for (plus 60 s)
 
 # Runs on the Pi with its own python3 (Mesh Master needs one): POST the bot's body, read the
 # streamed reply, print it as one JSON line; an Ollama error is the last line of stderr.
@@ -119,6 +125,7 @@ class Step:
     argv: list[str]
     stdin: bytes | None = None
     shown: str | None = None  # instead of the argv, where that is a script
+    timeout_s: float = DEFAULT_STEP_TIMEOUT_S
 
     def line(self) -> str:
         return f"{self.name}: {self.shown or shlex.join(self.argv)}"
@@ -156,29 +163,39 @@ class Ssh:
         self.log = log
 
     def step(self, name: str, command: str, stdin: bytes | None = None, shown: str = "") -> Step:
-        argv = ["ssh", *SSH_OPTIONS, *self.options, "--", self.target, command]
-        return Step(name, argv, stdin, shown or None)
+        argv = ["ssh", *self.options, *SSH_OPTIONS, "--", self.target, command]
+        timeout = STEP_TIMEOUT_S.get(name, DEFAULT_STEP_TIMEOUT_S)
+        return Step(name, argv, stdin, shown or None, timeout)
 
     def copy(self, files: Sequence[Path], folder: str) -> Step:
         what = "GGUF and Modelfile" if len(files) == 2 else "GGUF, Modelfile and knowledge file"
         argv = [
             "scp",
             "-q",
-            *SSH_OPTIONS,
             *self.options,
+            *SSH_OPTIONS,
             *map(str, files),
             f"{self.target}:{folder}/",
         ]
-        return Step(f"copy {what}", argv)
+        size = sum(f.stat().st_size for f in files)
+        return Step(f"copy {what}", argv, timeout_s=60 + size / COPY_BYTES_PER_S)
 
     def run(self, step: Step) -> bytes:
         """One step; its failure is a one-line error naming the step and ssh's last words."""
         self.log(step.line())
         try:
-            proc = subprocess.run(step.argv, input=step.stdin, capture_output=True, check=False)
+            proc = subprocess.run(
+                step.argv, input=step.stdin, capture_output=True, check=False,
+                timeout=step.timeout_s,
+            )  # fmt: skip
         except FileNotFoundError as e:
             raise MeshtuneError(
                 f"{step.argv[0]} is not installed here; install openssh-client"
+            ) from e
+        except subprocess.TimeoutExpired as e:
+            raise MeshtuneError(
+                f"{step.name} on {self.target}: no end after {step.timeout_s:g} s (the command "
+                "did not return); check the Pi, then run deploy again"
             ) from e
         if proc.returncode:
             words = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()

@@ -20,7 +20,7 @@ from pathlib import Path
 from text_unidecode import unidecode
 
 from meshtune.errors import MeshtuneError
-from meshtune.files import read_text
+from meshtune.files import input_file, read_text
 from meshtune.meshmaster.config import BotConfig
 
 # The one reply the bot's knowledge prompt allows when the excerpts do not hold the answer.
@@ -125,7 +125,7 @@ def open_knowledge(given: Path | None, config: BotConfig) -> Knowledge:
             "this needs the bot's Meshtastic knowledge file: give it with --knowledge FILE (or "
             "--mesh-master-config, whose meshtastic_knowledge_file is used)"
         )
-    if not path.is_file():
+    if not input_file(path, "a knowledge file").is_file():
         where = "--knowledge" if given else f"meshtastic_knowledge_file of {config.source}"
         raise MeshtuneError(f"{path}: no such knowledge file ({where}); fix the path")
     return load_knowledge(path)
