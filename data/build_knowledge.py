@@ -1223,7 +1223,10 @@ def knowledge_rows(tokenizer: Any, suites: tuple[Path, ...] = SUITES) -> list[di
             answer = sight.answer(turns, fact_then)
             if answer is not None and new(turns[0][1], follow):
                 rows.append(_row([q, follow], [said, reply(answer, fact_then, turn)]))
-    return _balanced(rows, random.Random(SEED))
+    rng = random.Random(SEED)
+    rows = _balanced(rows, rng)
+    rng.shuffle(rows)  # so that a recipe's `shards` of the file samples every fact
+    return rows
 
 
 def _balanced(rows: list[dict], rng: random.Random) -> list[dict]:
