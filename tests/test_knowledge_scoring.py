@@ -19,7 +19,7 @@ from meshtune.suites import load_suite
 
 REFUSAL = meshmaster.REFUSAL
 KB = {i.id: i.model_dump(exclude_none=True) for i in load_suite("knowledge").items}
-WIDE, NARROW = 8192, 300  # at 300 tokens Ollama keeps too little of the request for any excerpt
+WIDE, NARROW = 8192, 64  # at 64 tokens Ollama keeps the question and no excerpt
 RIGHT, WRONG = "LongFast uses SF11 at 250 kHz [1].", "LongFast uses SF7 [1]."
 FOLLOW_UP = {
     "id": "fu",
@@ -177,7 +177,7 @@ def test_the_gate_asks_80_percent_refusals_where_the_answer_was_not_delivered(tm
 @pytest.mark.real
 def test_a_model_eval_and_replies_scoring_agree_on_delivery_at_ollamas_cut(cli, tmp_path, suite):
     """The embedded model through llama.cpp, answering what Ollama's cut leaves at num_ctx
-    300: its rows say not delivered, and `--replies` on them gives the same verdicts."""
+    64: its rows say not delivered, and `--replies` on them gives the same verdicts."""
     from meshtune.evaluate import evaluate
 
     bot = replace(meshmaster.SHIPPED, num_ctx=NARROW)

@@ -164,6 +164,8 @@ ITEM_CHECKS = {
     "wrong-stance",
     "forbidden",
     "too-long",
+    "not-refused",  # a knowledge item whose answer is not in the knowledge file
+    "refused",
 }
 
 
