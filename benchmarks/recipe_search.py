@@ -12,8 +12,16 @@ finished variants.
 
 Mind the engine: the CPU packs rows by computed length (shared system prompts counted once), the
 CUDA engine by full length, so the same recipe takes different optimizer steps on each (123 and
-472 for the embedded recipe; `meshtune plan` says which). A GPU search ranks variants under
-its own steps; the shipped CPU recipe is confirmed on the CPU.
+472 for the embedded recipe; `meshtune plan` says which). `--engine cpu` trains with the CPU's
+batching on the GPU, so a GPU search ranks variants under the steps the 2-core machine takes.
+
+On a GPU, `--backend hf` evaluates each variant there (base + adapter through transformers'
+batched generate, Ollama's sampler, the same seeds) and skips the export: a variant takes
+seconds instead of minutes; the shipped recipe is then confirmed through `make run` (GGUF,
+llama.cpp) on the CPU.
+
+    python benchmarks/recipe_search.py --out results.json --engine cpu --backend hf \
+        base: r32:lora_r=32,lora_alpha=64 full:adapter=
 """
 
 import argparse
@@ -85,41 +93,57 @@ def evaluate_variant(
     slots: "queue.Queue[int | None]",
     threads: int,
     suite: str,
+    backend: str,
+    engine: str | None,
 ) -> dict[str, Any]:
     run = work / name
     log = work / f"{name}.log"
     overrides = [a for s in sets for a in ("--set", s)]
     gpu = slots.get()
     env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
+    train = ["train", str(recipe), "--output-dir", str(run), "--overwrite", *overrides]
     try:
-        train_s = meshtune(
-            ["train", str(recipe), "--output-dir", str(run), "--overwrite", *overrides], log, env
-        )
+        train_s = meshtune([*train, *(["--engine", engine] if engine else [])], log, env)
+        if backend == "hf":  # evaluated on the same GPU, while the slot is held
+            evals = {p: evaluate(run, p, suite, ["--backend", "hf"], log, env) for p in PROFILES}
     finally:
         slots.put(gpu)
-    export_s = meshtune(["export", str(run)], log, {"CUDA_VISIBLE_DEVICES": ""})
     rundir = RunDir(run)
-    summary, proof = rundir.load_summary(), rundir.load_verification()
+    summary = rundir.load_summary()
     result: dict[str, Any] = {
         "variant": name,
         "set": sets,
         "train_s": round(train_s, 1),
-        "export_s": round(export_s, 1),
         "steps": summary.steps,
         "eval_loss_after": summary.eval_loss_after,
-        "proof": {c.name: c.ok for c in proof.checks},
     }
-    for profile in PROFILES:
-        out = rundir.eval / profile
-        args = ["eval", str(run), "--suite", suite, "--profile", profile, "--out", str(out)]
-        meshtune([*args, "--threads", str(threads)], log, {"CUDA_VISIBLE_DEVICES": ""})
-        report = json.loads((out / "summary.json").read_text())
-        result[profile] = {m: report[m] for m in MEASURES} | {
-            "p90_chars": report["chars"]["p90"],
-            "verdict": report["gate"]["verdict"],
-            "invented": report["invented_commands"],
-        }
-    return result
+    if backend == "llamacpp":
+        result["export_s"] = round(meshtune(["export", str(run)], log, NO_GPU), 1)
+        result["proof"] = {c.name: c.ok for c in rundir.load_verification().checks}
+        lanes = ["--threads", str(threads)]
+        evals = {p: evaluate(run, p, suite, lanes, log, NO_GPU) for p in PROFILES}
+    return result | evals
+
+
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def evaluate(
+    run: Path, profile: str, suite: str, extra: list[str], log: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """One profile's figures: the headline measures, each request kind's and the gate's."""
+    out = RunDir(run).eval / profile
+    args = ["eval", str(run), "--suite", suite, "--profile", profile, "--out", str(out), *extra]
+    meshtune(args, log, env)
+    report = json.loads((out / "summary.json").read_text())
+    return {m: report[m] for m in MEASURES} | {
+        "p90_chars": report["chars"]["p90"],
+        "verdict": report["gate"]["verdict"],
+        "invented": report["invented_commands"],
+        "kinds": report.get("kinds", {}),
+        "technical": report.get("technical", {}),
+        "gate": {c["name"]: [c["value"], c["ok"]] for c in report["gate"]["criteria"]},
+    }
 
 
 def main() -> None:
@@ -131,6 +155,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="variants in flight at once")
     ap.add_argument("--suite", default="mesh", help="eval suite (quick: a smoke test)")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp lanes per evaluation")
+    ap.add_argument(
+        "--backend", choices=("llamacpp", "hf"), default="llamacpp",
+        help="llamacpp: export and evaluate the GGUF on the CPU; hf: evaluate on the GPU",
+    )  # fmt: skip
+    ap.add_argument("--engine", choices=("cpu", "cuda"), help="train --engine (default: by device)")
     args = ap.parse_args()
 
     import torch
@@ -145,8 +174,9 @@ def main() -> None:
         name, sets = variant
         try:
             result = evaluate_variant(
-                name, sets, args.work, args.recipe, slots, args.threads, args.suite
-            )
+                name, sets, args.work, args.recipe, slots, args.threads, args.suite,
+                args.backend, args.engine,
+            )  # fmt: skip
         except Exception as e:  # one failed variant must not lose the others
             result = {"variant": name, "set": sets, "error": str(e)}
         with lock:

@@ -172,17 +172,12 @@ def chatml_tokenizer(texts: list[str]):
     return tok
 
 
-@cuda
-def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
-    """`train` on a CUDA GPU: the plan names the CUDA engine, the eval loss falls, the last step
-    is evaluated and the adapters are written."""
+def tiny_cuda_recipe(tmp_path, **overrides):
+    """A 2-layer Llama with its own ChatML tokenizer and 160 short chats, as a recipe file."""
     import json
 
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from meshtune.recipe import load_recipe
-    from meshtune.train import Options, train
 
     words = ["relay", "snr", "hops", "router", "channel", "antenna", "battery", "region"]
     rows = [
@@ -214,23 +209,39 @@ def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
     LlamaForCausalLM(config).save_pretrained(model)
     tok.save_pretrained(model)
     recipe = tmp_path / "recipe.yaml"
-    keys = dict(
-        base_model=str(model),
-        datasets=[{"path": str(data)}],
-        sequence_len=256,
-        micro_batch_size=2,
-        max_steps=12,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        lora_target_linear=True,
-        val_set_size=16,
-        eval_steps=5,
-        warmup_ratio=0.1,
-        seed=7,
+    keys = (
+        dict(
+            base_model=str(model),
+            datasets=[{"path": str(data)}],
+            sequence_len=256,
+            micro_batch_size=2,
+            max_steps=12,
+            learning_rate=5e-3,
+            lora_r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            lora_target_linear=True,
+            val_set_size=16,
+            eval_steps=5,
+            warmup_ratio=0.1,
+            seed=7,
+        )
+        | overrides
     )
     recipe.write_text(yaml.safe_dump(keys))
+    return recipe
+
+
+@cuda
+def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
+    """`train` on a CUDA GPU: the plan names the CUDA engine, the eval loss falls, the last step
+    is evaluated and the adapters are written."""
+    import json
+
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, train
+
+    recipe = tiny_cuda_recipe(tmp_path)
     lines: list[str] = []
     summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), lines.append)
     print("\n".join(lines))
@@ -241,3 +252,19 @@ def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
     assert [m["step"] for m in metrics if "eval_loss" in m] == [0, 5, 10, 12]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 13))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@cuda
+def test_the_cpu_engine_on_a_gpu_takes_the_cpu_plans_steps(tmp_path):
+    """`train --engine cpu` on a GPU: the CPU's batching (shared prompts computed once), so
+    the steps are those the 2-core machine will take, while the arithmetic runs on CUDA."""
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, make_plan, train
+
+    loaded = load_recipe(tiny_cuda_recipe(tmp_path, max_steps=None, num_epochs=1))
+    plan = make_plan(loaded, engine="cpu")
+    lines: list[str] = []
+    opts = Options(tmp_path / "run", progress=False, engine="cpu")
+    summary = train(loaded, opts, lines.append)
+    assert any(line.startswith("engine            CPU:") for line in lines)
+    assert summary.device == "cuda" and summary.steps == plan.total_steps

@@ -210,6 +210,29 @@ def test_set_overrides_and_data_replace_recipe_values(tmp_path):
         load_recipe(path, ["lora_dropout=2"])
 
 
+def test_a_datasets_shards_key_trains_on_one_contiguous_part_as_axolotl_does(tmp_path):
+    from meshtune.train.examples import load_splits
+
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(10)
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def questions(**shard) -> list[str]:
+        recipe = write_recipe(tmp_path, datasets=[{"path": str(data), **shard}], val_set_size=0)
+        train_rows, _ = load_splits(load_recipe(recipe).recipe)
+        return [c.messages[0].content for c in train_rows]
+
+    assert questions() == [f"q{i}" for i in range(10)]
+    # Hugging Face datasets' shard(): 10 rows in 3 parts are 4, 3 and 3
+    assert questions(shards=3, shards_idx=0) == ["q0", "q1", "q2", "q3"]
+    assert questions(shards=3, shards_idx=2) == ["q7", "q8", "q9"]
+    with pytest.raises(MeshtuneError, match="shards_idx 3 is not one of the 3 shards"):
+        questions(shards=3, shards_idx=3)
+
+
 def test_trust_remote_code_and_a_wrong_eos_are_refused_with_the_fix(tmp_path, tiny_llama):
     with pytest.raises(MeshtuneError, match="pass --trust-remote-code"):
         train(
@@ -352,6 +375,19 @@ def test_an_existing_run_directory_is_refused_without_overwrite(tmp_path, tiny_l
     )
     assert r.code == 2 and "output directory is not empty; pass --overwrite" in r.err
     assert (tmp_path / "run" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("engine", "says"),
+    [("gpu", "--engine 'gpu': write cpu or cuda"), ("cuda", "--engine cuda needs a CUDA GPU")],
+)
+def test_an_engine_this_machine_cannot_run_is_refused_before_anything_is_written(
+    tmp_path, tiny_llama, cli, engine, says
+):
+    recipe = tiny_recipe(tmp_path, tiny_llama, max_steps=1)
+    r = cli("train", recipe, "--output-dir", tmp_path / "run", "--engine", engine)
+    assert r.code == 2 and says in r.err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("broken", ["dataset missing", "base model damaged", "remote code"])

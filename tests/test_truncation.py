@@ -93,6 +93,32 @@ def test_a_training_row_rendered_as_the_bots_request_trains_on_what_ollama_leave
     assert len(plain.input_ids) > 1500
 
 
+def test_a_bot_request_longer_than_sequence_len_trains_whole_as_a_row_of_its_own(
+    real, smol_tokenizer
+):
+    from meshtune.train.packing import pack, shared_len
+
+    prompt = golden_request(real)
+    bot_row = Conversation(
+        (Message("user", prompt), Message("assistant", "LongFast uses SF11 [1].")),
+        meta={NUM_CTX_KEY: 1024},
+    )
+    chats = [
+        Conversation((Message("user", f"hi {i}"), Message("assistant", "hello"))) for i in range(8)
+    ]
+    recipe = Recipe(sequence_len=256)
+    encoded = encode_all(smol_tokenizer, [bot_row, *chats], recipe, "data")
+    assert len(encoded[0].input_ids) > 256  # what the bot sends, not cut to sequence_len
+    rows = pack(encoded, recipe.sequence_len, True, seed=0)
+    assert [encoded[0]] in rows  # alone in its row
+    computed = [  # a row's tokens, each shared prefix counted once
+        sum(len(e.input_ids) - (shared_len(r[0], e) if k else 0) for k, e in enumerate(r))
+        for r in rows
+        if encoded[0] not in r
+    ]
+    assert len(computed) >= 1 and max(computed) <= 256  # short chats keep their short rows
+
+
 def test_cutting_a_row_never_touches_its_trained_tokens():
     ids, labels = list(range(2000)), [chat.IGNORE] * 1990 + list(range(1990, 2000))
     new_ids, new_labels = cut_trained_row(ids, labels, 1024, False, chat.IGNORE)
@@ -154,6 +180,25 @@ def test_llamacpp_shifts_the_context_when_the_reply_fills_it(llama):
     assert together == [llama.generate(sampled, 1).text, llama.generate(sampled, 2).text]
 
 
+def test_hf_evaluates_what_ollama_leaves_of_an_overlong_prompt(tiny_llama):
+    from meshtune import chat
+    from meshtune.evaluate.backends import HFBackend
+
+    hf = HFBackend(tiny_llama, threads=1)
+    req = long_request(
+        num_ctx=256, num_predict=8, profile="meshmaster"
+    )  # sampled: prompt-sensitive
+    whole = hf.prompt_ids(req)
+    assert len(whole) > 256
+    seen = hf.seen_ids(req, whole)
+    assert seen == ollama_cut(whole, 256, adds_bos=chat.adds_bos(hf.tokenizer)).tokens
+    assert len(seen) < 256
+    gen = hf.generate(req, 0)
+    assert gen.prompt_tokens == len(whole)  # reported as sent, as llama.cpp's
+    assert gen.text == hf._generate([seen], [0], req.profile)[0].text  # decoded from the cut
+    assert gen.text != hf._generate([whole], [0], req.profile)[0].text
+
+
 def test_eval_warns_with_the_count_when_prompts_exceed_the_configs_num_ctx(
     cli, tiny_llama, tmp_path
 ):
@@ -171,6 +216,6 @@ def test_eval_warns_with_the_count_when_prompts_exceed_the_configs_num_ctx(
     )  # fmt: skip
     assert result.code in (0, 1), result.err
     assert "warning: 1 of 2 prompts exceed num_ctx 512" in result.err
-    assert "this hf backend saw the whole prompt" in result.err
+    assert "the replies answer what it leaves" in result.err
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert list(summary["over_num_ctx"]["items"]) == ["long"]

@@ -208,6 +208,14 @@ def train_cmd(
     allow_lora_fallback: Annotated[
         bool, typer.Option(help="Without CUDA, train plain LoRA for a qlora recipe.")
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu | cuda: how rows become batches (default: cuda on a GPU). cpu on a GPU "
+            "takes the CPU's exact steps (shared prompts counted once), so a GPU search "
+            "ranks the recipe the CPU will run."
+        ),
+    ] = None,
 ) -> None:
     """LoRA fine-tuning from a recipe.
 
@@ -221,7 +229,8 @@ def train_cmd(
     check_output_dir(run, "--output-dir" if output_dir else f"{recipe}: output_dir")
     _check_base_model(loaded.recipe.base_model, required=True)
     _on_interrupt(lambda: _train_kept(run))
-    summary = train(loaded, Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback))
+    opts = Options(run, overwrite, resume, trust_remote_code, allow_lora_fallback, engine=engine)
+    summary = train(loaded, opts)
     if summary is None:  # not the main process of a multi-process run
         return
     typer.echo(train_line(summary, run))
@@ -538,7 +547,7 @@ def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
         n, num_ctx = len(over["items"]), over["num_ctx"]
         seen = (
             "the replies answer what it leaves"
-            if summary["backend"] in ("llamacpp", "ollama")
+            if summary["backend"] in ("llamacpp", "ollama", "hf")
             else f"this {summary['backend']} backend saw the whole prompt"
         )
         typer.echo(

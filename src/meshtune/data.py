@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meshtune import jsontext
 from meshtune.commands import Registry, load_registry
@@ -119,6 +119,27 @@ class DatasetSpec(BaseModel):
     message_field_role: str | None = None
     message_field_content: str | None = None
     roles: dict[str, list[str]] | None = None
+    # Axolotl's subset: split the rows into `shards` contiguous parts (as Hugging Face
+    # datasets' `shard` does) and train on part `shards_idx`.
+    shards: int | None = Field(None, ge=1)
+    shards_idx: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _shard_exists(self) -> "DatasetSpec":
+        if self.shards is not None and self.shards_idx >= self.shards:
+            raise ValueError(
+                f"shards_idx {self.shards_idx} is not one of the {self.shards} shards "
+                f"(0 to {self.shards - 1})"
+            )
+        return self
+
+    def shard(self, rows: list[Any]) -> list[Any]:
+        """This entry's part of `rows`: all of them without `shards`."""
+        if self.shards is None:
+            return rows
+        size, extra = divmod(len(rows), self.shards)
+        start = size * self.shards_idx + min(self.shards_idx, extra)
+        return rows[start : start + size + (self.shards_idx < extra)]
 
     def keys(self) -> tuple[str | None, str, str]:
         """The turn-list key (None: detect per row), and the role and content keys."""

@@ -68,7 +68,6 @@ IGNORED_DATASET_KEYS = {
     "roles_to_train",
     "train_on_eos",
     "drop_system_message",
-    "shards",
 }
 
 

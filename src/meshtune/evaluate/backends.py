@@ -15,12 +15,12 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshtune import jsontext, models, rundir
-from meshtune.chat import TEMPLATE_DATE
+from meshtune.chat import TEMPLATE_DATE, adds_bos
 from meshtune.errors import MeshtuneError
 from meshtune.evaluate.http_post import TIMEOUT_S, Answer, json_object
 from meshtune.evaluate.profiles import Request, modelfile_options, modelfile_system
@@ -499,6 +499,15 @@ class HFBackend:
         text = render(self.tokenizer, messages, generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def seen_ids(self, request: Request, ids: list[int]) -> list[int]:
+        """What Ollama lets the model see of the prompt `ids`, as the llama.cpp backend does:
+        a `/meshtastic` request at num_ctx 1024 loses its middle. (A reply long enough to shift
+        the context is not modelled: num_predict is 80 and the cut leaves half the context.)"""
+        num_ctx = request.profile.options.get("num_ctx")
+        if num_ctx is None:
+            return ids
+        return ollama_cut(ids, int(num_ctx), adds_bos(self.tokenizer)).tokens
+
     def generate(self, request: Request, seed: int) -> Generation:
         return self.generate_many([(request, seed)])[0]
 
@@ -509,7 +518,8 @@ class HFBackend:
         The requests share one profile (its options and num_predict)."""
         if any(r.profile != asks[0][0].profile for r, _ in asks):
             raise MeshtuneError("hf: one batch of requests must share one profile")
-        prompts = [self.prompt_ids(r) for r, _ in asks]
+        sent = [self.prompt_ids(r) for r, _ in asks]
+        prompts = [self.seen_ids(r, ids) for (r, _), ids in zip(asks, sent, strict=True)]
         limit = asks[0][0].profile.num_predict
         order = sorted(range(len(asks)), key=lambda i: -len(prompts[i]))
         out: list[Generation | None] = [None] * len(asks)
@@ -521,7 +531,7 @@ class HFBackend:
                 [prompts[i] for i in batch], [asks[i][1] for i in batch], asks[0][0].profile
             )
             for i, gen in zip(batch, gens, strict=True):
-                out[i] = gen
+                out[i] = replace(gen, prompt_tokens=len(sent[i]))  # as sent, like Ollama's count
             start += len(batch)
             if done:
                 done(start)

@@ -21,7 +21,7 @@ def load_splits(recipe: Recipe) -> tuple[list[data.Conversation], list[data.Conv
         )
     convs: list[data.Conversation] = []
     for spec in recipe.datasets:
-        convs += data.load_conversations(spec.path, spec)
+        convs += spec.shard(data.load_conversations(spec.path, spec))
     if recipe.val_set_size <= 0:
         train, held_out = convs, []
     else:
@@ -51,13 +51,10 @@ def encode_all(
             source,
         )
         if num_ctx:  # train on what Ollama leaves of the request
+            # Not cut to sequence_len: the model must see the request as the bot sends it.
+            # One longer than sequence_len (a `/meshtastic` request is ~1,000 tokens, bounded
+            # by num_ctx) trains as a row of its own, so short chats keep their short rows.
             ids, labels = cut_trained_row(enc.input_ids, enc.labels, num_ctx, adds_bos, IGNORE)
-            if len(ids) > recipe.sequence_len:
-                raise MeshtuneError(
-                    f"{source}:{c.line}: the bot's request and reply are {len(ids)} tokens even "
-                    f"as Ollama cuts them (num_ctx {num_ctx}), longer than sequence_len "
-                    f"{recipe.sequence_len}; raise sequence_len"
-                )
             enc = replace(enc, input_ids=ids, labels=labels)
         out.append(enc)
     return out

@@ -56,6 +56,7 @@ class Options:
     progress: bool = True
     token_budget: int | None = None  # CUDA: tokens per micro batch (None: the plan's)
     compile: bool = True  # CUDA: compile the decoder layers
+    engine: str | None = None  # CPU_ENGINE or CUDA_ENGINE (None: CUDA where there is a GPU)
 
 
 def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary | None:
@@ -86,7 +87,12 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
             f"base model {recipe.base_model!r} is not available locally; copy its Hugging "
             "Face folder or GGUF here and set base_model to its path"
         )
-    plan = plan_examples(recipe, data, notes, world, CUDA_ENGINE if cuda else CPU_ENGINE)
+    if opts.engine not in (None, CPU_ENGINE, CUDA_ENGINE):
+        raise MeshtuneError(f"--engine {opts.engine!r}: write {CPU_ENGINE} or {CUDA_ENGINE}")
+    if opts.engine == CUDA_ENGINE and not cuda:
+        raise MeshtuneError("--engine cuda needs a CUDA GPU; leave --engine out on this machine")
+    engine_name = opts.engine or (CUDA_ENGINE if cuda else CPU_ENGINE)
+    plan = plan_examples(recipe, data, notes, world, engine_name)
     plan.token_budget = opts.token_budget or plan.token_budget
     for line in plan.lines():
         say(line)
@@ -94,7 +100,14 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
     base = resolve(recipe.base_model)
     torch.manual_seed(recipe.seed)
     peft_model = models.load_model(
-        recipe, base.folder, cuda, precision, opts.trust_remote_code, opts.allow_lora_fallback, say
+        recipe,
+        base.folder,
+        cuda,
+        precision,
+        opts.trust_remote_code,
+        opts.allow_lora_fallback,
+        say,
+        document=plan.engine == CUDA_ENGINE,
     )
     engine = Engine.create(plan, peft_model, opts.compile)
     params = [p for p in peft_model.parameters() if p.requires_grad]

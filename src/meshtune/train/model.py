@@ -35,21 +35,24 @@ def load_model(
     trust_remote_code: bool,
     allow_lora_fallback: bool,
     say: Any,
+    document: bool | None = None,
 ) -> Any:
-    """The base model with the engine's attention and a LoRA adapter on it."""
+    """The base model with the engine's attention (`document`: the CUDA engine's, by default
+    on CUDA) and a LoRA adapter on it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    if cuda:
+    document = cuda if document is None else document
+    if document:
         register_document_attention()
     else:
         register_packed_attention()
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
-        "attn_implementation": DOCUMENT_ATTENTION if cuda else PACKED_ATTENTION,
+        "attn_implementation": DOCUMENT_ATTENTION if document else PACKED_ATTENTION,
     }
     if recipe.quantized:
         if cuda and has("bitsandbytes"):

@@ -162,6 +162,12 @@ def plan_examples(
         eval_interval,
         evals,
     )
+    long = [len(e.input_ids) for e in data.train if len(e.input_ids) > recipe.sequence_len]
+    if long:
+        notes.append(
+            f"{len(long)} bot requests are longer than sequence_len {recipe.sequence_len} (up "
+            f"to {max(long)} tokens, as Ollama cuts them): each trains as a row of its own"
+        )
     if checkpoints == 0:
         notes.append(
             f"no intermediate checkpoint (every {save_interval} steps, {total} in total); "
