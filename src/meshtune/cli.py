@@ -542,12 +542,14 @@ def eval_cmd(
 
 
 def _warn_over_num_ctx(summary: dict[str, Any]) -> None:
+    from meshtune.evaluate.gate import CUTS_LIKE_OLLAMA
+
     over = summary.get("over_num_ctx") or {}
     if over.get("items"):
         n, num_ctx = len(over["items"]), over["num_ctx"]
         seen = (
             "the replies answer what it leaves"
-            if summary["backend"] in ("llamacpp", "ollama", "hf")
+            if summary["backend"] in CUTS_LIKE_OLLAMA
             else f"this {summary['backend']} backend saw the whole prompt"
         )
         typer.echo(

@@ -238,7 +238,7 @@ def judge(summary: dict[str, Any], rows: list[dict[str, Any]], cfg: GateConfig) 
     return Verdict(all(c.ok for c in criteria), criteria)
 
 
-CUTS_LIKE_OLLAMA = ("llamacpp", "ollama")  # backends whose model sees what Ollama leaves
+CUTS_LIKE_OLLAMA = ("llamacpp", "ollama", "hf")  # backends whose model sees what Ollama leaves
 
 
 def _whole_prompts(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[Criterion]:
@@ -251,7 +251,7 @@ def _whole_prompts(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[
     num_ctx = summary["over_num_ctx"]["num_ctx"]
     what = (
         f"prompts the {backend} backend saw whole but Ollama cuts at num_ctx {num_ctx}; "
-        "evaluate with --backend llamacpp, or raise ollama_num_ctx"
+        "evaluate with --backend llamacpp or hf, or raise ollama_num_ctx"
     )
     cut = [r for r in rows if r["item"] in over]
     return [_criterion("prompts within num_ctx", False, len(over), "0", what, cut)]
