@@ -1776,32 +1776,33 @@ def test_eval_out_through_a_dangling_or_looping_link_is_refused_before_evaluatin
     assert server.requests == 0 and out.is_symlink()
 
 
-def test_eval_is_not_ready_when_the_backend_saw_whole_prompts_ollama_cuts_at_num_ctx(
-    cli, tiny_llama, tmp_path
-):
+def test_eval_is_not_ready_when_the_backend_saw_whole_prompts_ollama_cuts_at_num_ctx(cli, tmp_path):
     from meshtune.evaluate.gate import GateConfig, judge
 
-    suite = rows_file(tmp_path, [{"id": "short", "prompt": "hi"},
-                                 {"id": "long", "prompt": " ".join(["word"] * 700)}],
-                      name="suite.jsonl")  # fmt: skip
+    reply = {"choices": [{"message": {"content": "ok."}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 900, "completion_tokens": 2}}  # fmt: skip
+    server = _Server(json.dumps(reply).encode(), "application/json")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"ollama_num_ctx": 512}))
     gate = tmp_path / "gate.yaml"  # every other criterion off: only the prompts' fit decides
     gate.write_text("".join(f"{key}: null\n" for key in GateConfig.model_fields))
-    r = cli("eval", tiny_llama, "--backend", "hf", "--suite", suite, "--profile", "greedy",
-            "--mesh-master-config", config, "--gate", gate,
-            "--out", tmp_path / "report")  # fmt: skip
+    try:
+        r = cli("eval", "bot", "--backend", "openai", "--url", server.url, "--suite", "quick",
+                "--samples", "1", "--mesh-master-config", config, "--gate", gate,
+                "--out", tmp_path / "report")  # fmt: skip
+    finally:
+        server.close()
     assert r.code == 1, r.err
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["gate"]["verdict"] == "NOT READY"
     (c,) = summary["gate"]["criteria"]
-    assert c["name"] == "prompts within num_ctx" and c["value"] == 1 and not c["ok"]
-    assert "hf backend saw whole but Ollama cuts at num_ctx 512" in c["what"]
-    assert c["examples"][0]["item"] == "long"
+    assert c["name"] == "prompts within num_ctx" and not c["ok"]
+    assert c["value"] == len(summary["over_num_ctx"]["items"]) == summary["items"]
+    assert "openai backend saw whole but Ollama cuts at num_ctx 512" in c["what"]
     # the same replies from a backend that cuts as Ollama does answered the bot's input
     rows = [json.loads(line) for line in (tmp_path / "report" / "replies.jsonl").open()]
     off = GateConfig(**dict.fromkeys(GateConfig.model_fields))
-    assert judge({**summary, "backend": "llamacpp"}, rows, off).ready
+    assert judge({**summary, "backend": "hf"}, rows, off).ready
 
 
 @pytest.mark.parametrize("output", ["Modelfile", "verify.json", "DEPLOY.md", "stopper-F32.gguf"])

@@ -297,7 +297,7 @@ def _whole_prompts(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[
     num_ctx = summary["over_num_ctx"]["num_ctx"]
     what = (
         f"prompts the {backend} backend saw whole but Ollama cuts at num_ctx {num_ctx}; "
-        "evaluate with --backend llamacpp, or raise ollama_num_ctx"
+        "evaluate with --backend llamacpp or hf, or raise ollama_num_ctx"
     )
     cut = [r for r in rows if r["item"] in over]
     return [_criterion("prompts within num_ctx", False, len(over), "0", what, cut)]
