@@ -63,14 +63,16 @@ def score(cli, tmp_path, suite, num_ctx, replies):
 def test_a_delivered_item_passes_answered_right_and_fails_refusing_or_with_a_wrong_number(
     cli, tmp_path, suite
 ):
-    replies = [("kb-01", RIGHT), ("kb-01", REFUSAL), ("kb-01", WRONG)]
+    both = f"{RIGHT} {REFUSAL}"  # the answer, then the refusal that contradicts it
+    replies = [("kb-01", RIGHT), ("kb-01", REFUSAL), ("kb-01", WRONG), ("kb-01", both)]
     _, rows, _ = score(cli, tmp_path, suite, WIDE, replies)
-    assert [r["delivered"] for r in rows] == [True, True, True]
-    assert [r["passed"] for r in rows] == [True, False, False]
+    assert [r["delivered"] for r in rows] == [True, True, True, True]
+    assert [r["passed"] for r in rows] == [True, False, False, False]
     assert rows[1]["failures"] == ["missing-required", "refused"]
     assert "refuses, though the excerpts the model saw hold the answer" in rows[1]["reasons"]
     assert rows[2]["failures"] == ["missing-required"]
-    assert [r["cited"] for r in rows] == [True, False, True]
+    assert rows[3]["failures"] == ["refused"]
+    assert [r["cited"] for r in rows] == [True, False, True, True]
 
 
 def test_an_answer_cut_by_ollamas_truncation_is_not_delivered_and_only_the_refusal_passes(

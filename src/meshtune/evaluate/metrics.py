@@ -238,10 +238,17 @@ def is_refusal(reply: str) -> bool:
     quotes (the prompt quotes the sentence) and the final period are not read: the user gets
     the same sentence. Anything more (a fact, a citation, an apology) is not the refusal."""
 
-    def plain(text: str) -> str:
-        return text.replace("’", "'").strip().strip("\"'“”‘").strip().rstrip(".").casefold()
+    return _plain(reply) == _plain(REFUSAL)
 
-    return plain(reply) == plain(REFUSAL)
+
+def _plain(text: str) -> str:
+    return text.replace("’", "'").strip().strip("\"'“”‘").strip().rstrip(".").casefold()
+
+
+def mentions_refusal(reply: str) -> bool:
+    """Whether the refusal sentence is anywhere in the reply: beside an answer it contradicts
+    it ("Since firmware 2.5, I don't have enough MeshTastic data for that.")."""
+    return _plain(REFUSAL) in _plain(reply)
 
 
 def cites(reply: str, excerpts: int) -> bool:
@@ -293,7 +300,7 @@ def measure(
         "forbidden": forbidden,
         "too-long": len(reply) > item.max_chars,
         "not-refused": knowledge and not checked and not refused,
-        "refused": knowledge and checked and refused,
+        "refused": knowledge and checked and mentions_refusal(reply),
     }
     failures = [f for f in FAILURES if failed[f]]
     tps = (
