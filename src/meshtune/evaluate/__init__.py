@@ -95,7 +95,7 @@ def evaluate(
     ask = Asker(prof, spec.system_prompt, bot, persona)
     n = samples if prof.sampled else 1  # a greedy reply is the same every time
     registry = registry or load_registry()
-    num_ctx = prof.options.get("num_ctx") if spec.backend in CUTTING_BACKENDS else None
+    num_ctx = prof.num_ctx if spec.backend in CUTTING_BACKENDS else None
     deliveries, delivery_info = _deliveries(the_suite.items, spec, ask, num_ctx)
     start = time.perf_counter()
     engine = open_backend(spec, url, threads, timeout or TIMEOUT_S)
@@ -116,7 +116,7 @@ def evaluate(
         "seeds": [seed + s for s in range(n)],
         **({"mesh_master": ask.describe()} if prof.mesh_master_prompt else {}),
         "request_example": first.messages,  # exactly what the first item sent
-        **_over_num_ctx(rows, prof.options.get("num_ctx")),
+        **_over_num_ctx(rows, prof.num_ctx),
         **delivery_info,
     }
     return _judged(info, rows, gate_cfg, out, generation)

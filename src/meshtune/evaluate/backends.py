@@ -368,12 +368,12 @@ class LlamaCppBackend:
     ) -> tuple[list[int], int | None, int]:
         """The prompt as Ollama hands it to the model at the request's num_ctx (None: no
         num_ctx, the whole prompt), the context and the tokens a shift keeps."""
-        num_ctx = request.profile.options.get("num_ctx")
+        num_ctx = request.profile.num_ctx
         if num_ctx is None:
             return tokens, None, 0
         adds_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
-        cut = ollama_cut(tokens, int(num_ctx), adds_bos)
-        return cut.tokens, int(num_ctx), cut.keep
+        cut = ollama_cut(tokens, num_ctx, adds_bos)
+        return cut.tokens, num_ctx, cut.keep
 
     def _sampler(self, o: Sampling, seed: int) -> Any:
         """llama-cpp-python's chain (Llama._init_sampler)."""
@@ -508,10 +508,8 @@ class HFBackend:
         """What Ollama lets the model see of the prompt `ids`, as the llama.cpp backend does:
         a `/meshtastic` request at num_ctx 1024 loses its middle. (A reply long enough to shift
         the context is not modelled: num_predict is 80 and the cut leaves half the context.)"""
-        num_ctx = request.profile.options.get("num_ctx")
-        if num_ctx is None:
-            return ids
-        return ollama_cut(ids, int(num_ctx), adds_bos(self.tokenizer)).tokens
+        num_ctx = request.profile.num_ctx
+        return ids if num_ctx is None else ollama_cut(ids, num_ctx, adds_bos(self.tokenizer)).tokens
 
     def generate(self, request: Request, seed: int) -> Generation:
         return self.generate_many([(request, seed)])[0]

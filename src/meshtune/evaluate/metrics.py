@@ -237,7 +237,6 @@ def is_refusal(reply: str) -> bool:
     """Whether a reply is the bot's refusal sentence. Case, curly apostrophes, enclosing
     quotes (the prompt quotes the sentence) and the final period are not read: the user gets
     the same sentence. Anything more (a fact, a citation, an apology) is not the refusal."""
-
     return _plain(reply) == _plain(REFUSAL)
 
 

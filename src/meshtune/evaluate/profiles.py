@@ -49,6 +49,12 @@ class Profile:
         n = int(self.options.get("num_predict", -1))
         return n if n > 0 else UNLIMITED_CAP
 
+    @property
+    def num_ctx(self) -> int | None:
+        """The context Ollama cuts the prompt to (None: not set, the prompt goes whole)."""
+        n = self.options.get("num_ctx")
+        return None if n is None else int(n)
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -35,16 +35,15 @@ def load_model(
     trust_remote_code: bool,
     allow_lora_fallback: bool,
     say: Any,
-    document: bool | None = None,
+    document: bool,
 ) -> Any:
-    """The base model with the engine's attention (`document`: the CUDA engine's, by default
-    on CUDA) and a LoRA adapter on it."""
+    """The base model with the engine's attention (`document`: the CUDA engine's) and a LoRA
+    adapter on it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    document = cuda if document is None else document
     if document:
         register_document_attention()
     else:
