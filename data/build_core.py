@@ -314,7 +314,7 @@ def build(train: Path = TRAIN, suite: Path = EVAL) -> tuple[list[str], int]:
     far = []
     for r in rows:  # far from every eval prompt, and a question no other row asks
         question = r["conversations"][0]["value"]
-        if _far_from(question, evals) and data.normalize(question) not in asked:
+        if data.far_from(question, evals) and data.normalize(question) not in asked:
             far.append(r)
             asked.add(data.normalize(question))
     return [*kept, *(json.dumps(r, ensure_ascii=False) for r in far)], len(rows) - len(far)
@@ -331,11 +331,6 @@ def _user_turns(item: dict) -> list[str]:
     if "prompt" in item:
         return [item["prompt"]]
     return [t["content"] for t in item["messages"] if t["role"] == "user"]
-
-
-def _far_from(question: str, evals: list[frozenset[str]]) -> bool:
-    words = data.content_words(question)
-    return all(data.overlap(words, e) < data.MAX_OVERLAP for e in evals)
 
 
 if __name__ == "__main__":

@@ -1201,7 +1201,7 @@ def knowledge_rows(tokenizer: Any, suites: tuple[Path, ...] = SUITES) -> list[di
 
     def new(*texts: str) -> bool:  # far from every eval prompt, not asked by another row
         key = " | ".join(data.normalize(t) for t in texts)
-        fresh = key not in asked and all(_far(t, evals) for t in texts)
+        fresh = key not in asked and all(data.far_from(t, evals) for t in texts)
         asked.add(key)
         return fresh
 
@@ -1253,11 +1253,6 @@ def _row(asked: list[str], replies: list[str]) -> dict:
         text = f"{KNOWLEDGE_COMMAND} {q}" if i == 0 else q
         turns += [{"from": "human", "value": text}, {"from": "gpt", "value": a}]
     return {"category": "knowledge", "source": SOURCE, "conversations": turns}
-
-
-def _far(question: str, evals: list[frozenset[str]]) -> bool:
-    words = data.content_words(question)
-    return all(data.overlap(words, e) < data.MAX_OVERLAP for e in evals)
 
 
 def embedded_tokenizer() -> Any:

@@ -461,6 +461,12 @@ def overlap(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
+def far_from(question: str, evals: Iterable[frozenset[str]]) -> bool:
+    """Whether `question` stays below MAX_OVERLAP against every eval prompt's content words."""
+    words = content_words(question)
+    return all(overlap(words, e) < MAX_OVERLAP for e in evals)
+
+
 def canned_replies(answers: Iterable[tuple[str, str]], min_keys: int) -> set[str]:
     """The normalized replies given to `min_keys` or more different keys (prompts, suite
     items): `answers` are (reply, key) pairs; an empty reply is never canned."""
