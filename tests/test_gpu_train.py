@@ -217,6 +217,7 @@ def tiny_cuda_recipe(tmp_path, **overrides):
             micro_batch_size=2,
             max_steps=12,
             learning_rate=5e-3,
+            adapter="lora",
             lora_r=4,
             lora_alpha=8,
             lora_dropout=0.0,

@@ -176,7 +176,7 @@ def test_unknown_keys_are_named(tmp_path):
 def test_lora_layers_are_distinct_numbers_from_0(tmp_path):
     for layers in ([3, 3], [-1, 2]):
         with pytest.raises(MeshtuneError, match="distinct layer numbers from 0"):
-            load_recipe(write_recipe(tmp_path, peft_layers_to_transform=layers))
+            load_recipe(write_recipe(tmp_path, adapter="lora", peft_layers_to_transform=layers))
 
 
 def test_axolotl_only_keys_are_listed_as_ignored_and_contradictions_resolved(tmp_path):
@@ -200,7 +200,9 @@ def test_axolotl_only_keys_are_listed_as_ignored_and_contradictions_resolved(tmp
 
 
 def test_set_overrides_and_data_replace_recipe_values(tmp_path):
-    path = write_recipe(tmp_path, learning_rate=2e-5, datasets=[{"path": "a.jsonl"}])
+    path = write_recipe(
+        tmp_path, adapter="lora", learning_rate=2e-5, datasets=[{"path": "a.jsonl"}]
+    )
     loaded = load_recipe(path, ["learning_rate=1e-4", "lora_r=4"], data="b.jsonl")
     assert loaded.recipe.learning_rate == 1e-4 and loaded.recipe.lora_r == 4
     assert [d.path for d in loaded.recipe.datasets] == ["b.jsonl"]

@@ -165,7 +165,8 @@ def small_data(tmp_path: Path, n: int = 48) -> Path:
 
 
 def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
-    """A recipe that trains `model` for a few steps on small_data (seed 7)."""
+    """A recipe that trains a LoRA adapter on `model` for a few steps on small_data (seed 7);
+    `adapter=None` and no LoRA keys make it a full fine-tune."""
     keys = dict(
         base_model=str(model),
         datasets=[{"path": str(small_data(tmp_path))}],
@@ -174,6 +175,7 @@ def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
         gradient_accumulation_steps=1,
         num_epochs=2,
         learning_rate=5e-3,
+        adapter="lora",
         lora_r=4,
         lora_alpha=8,
         lora_dropout=0.0,
@@ -185,6 +187,8 @@ def tiny_recipe(tmp_path: Path, model: Path, **extra) -> Path:
         seed=7,
     )
     keys.update(extra)
+    if keys["adapter"] is None:  # a full fine-tune refuses LoRA keys
+        keys = {k: v for k, v in keys.items() if not k.startswith("lora_")}
     return write_recipe(tmp_path, **keys)
 
 

@@ -243,7 +243,9 @@ def train_line(summary: TrainSummary, run: Path) -> str:
     return (
         f"done: {summary.steps} steps in {summary.wall_time_s:.0f} s, "
         + (f"{losses}, " if losses else "")
-        + f"{summary.tokens_per_s or 0:.0f} tokens/s; best adapter: {run / summary.best_adapter}"
+        + f"{summary.tokens_per_s or 0:.0f} tokens/s; "
+        + f"best {'model' if summary.fine_tune == 'full' else 'adapter'}: "
+        + str(run / summary.best_adapter)
     )
 
 

@@ -5,6 +5,7 @@ no use for are listed as ignored (never silently dropped); unknown keys are erro
 contradict each other are resolved by a documented rule and reported.
 """
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,7 +102,10 @@ class Recipe(BaseModel):
     sample_packing: bool = True
     special_tokens: dict[str, str] = Field(default_factory=dict)
 
-    adapter: Literal["lora", "qlora"] = "lora"
+    # No adapter (omitted, or null) is a full fine-tune, as in Axolotl: every parameter trains,
+    # or those `unfrozen_parameters` names (regexes matched from the start of a parameter name).
+    adapter: Literal["lora", "qlora"] | None = None
+    unfrozen_parameters: list[str] | None = Field(None, min_length=1)
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     lora_r: int = Field(8, gt=0)
@@ -149,12 +153,31 @@ class Recipe(BaseModel):
             raise ValueError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         return self
 
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _empty_adapter_is_none(cls, adapter: Any) -> Any:
+        return None if adapter == "" else adapter  # `--set adapter=` or `adapter: ""`
+
+    @field_validator("unfrozen_parameters")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression ({e})") from e
+        return patterns
+
     @field_validator("peft_layers_to_transform")
     @classmethod
     def _layers_distinct(cls, layers: list[int] | None) -> list[int] | None:
         if layers is not None and (min(layers) < 0 or len(set(layers)) != len(layers)):
             raise ValueError("peft_layers_to_transform: distinct layer numbers from 0")
         return sorted(layers) if layers else layers
+
+    @property
+    def full_fine_tune(self) -> bool:
+        return self.adapter is None
 
     @property
     def quantized(self) -> bool:
@@ -254,7 +277,40 @@ def parse_recipe(raw: dict[str, Any], path: Path) -> tuple[Recipe, list[str]]:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise MeshtuneError(_one_line(e, path)) from e
+    _check_method_keys(recipe, path)
     return recipe, notes
+
+
+LORA_KEYS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_linear",
+    "lora_target_modules",
+    "peft_layers_to_transform",
+    "load_in_4bit",
+    "load_in_8bit",
+)
+
+
+def _check_method_keys(recipe: Recipe, path: Path) -> None:
+    """Keys of the other training method are errors, not ignored: a recipe written for
+    meshtune's old default (LoRA without `adapter`) would otherwise silently train every
+    parameter."""
+    given = recipe.model_fields_set
+    lora = [k for k in LORA_KEYS if k in given]
+    if recipe.full_fine_tune and lora:
+        raise MeshtuneError(
+            f"{path}: {', '.join(lora)} set but no adapter, which means a full fine-tune (as "
+            "in Axolotl); add `adapter: lora` to train LoRA, or remove "
+            f"{'it' if len(lora) == 1 else 'them'} (unfrozen_parameters picks what a full "
+            "fine-tune trains)"
+        )
+    if not recipe.full_fine_tune and recipe.unfrozen_parameters:
+        raise MeshtuneError(
+            f"{path}: unfrozen_parameters is for a full fine-tune, but adapter is "
+            f"{recipe.adapter}; remove the adapter key, or use peft_layers_to_transform"
+        )
 
 
 def _dataset(entry: Any, path: Path, notes: list[str]) -> dict[str, Any]:
@@ -371,4 +427,7 @@ def _yaml_type(value: Any) -> str:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The resolved recipe as YAML that loads back: a full fine-tune's without the LoRA keys."""
+    exclude = set(LORA_KEYS) if recipe.full_fine_tune else {"unfrozen_parameters"}
+    keys = recipe.model_dump(mode="json", exclude=exclude)
+    return yaml.safe_dump(keys, sort_keys=False, allow_unicode=True)

@@ -3,10 +3,12 @@
     RUN/recipe.yaml          the resolved recipe (train)
     RUN/metrics.jsonl        one line per step and per evaluation (train)
     RUN/loss.png             the loss plot (train)
-    RUN/adapter/, best/      the final and the best LoRA adapter (train)
+    RUN/adapter/, best/      the final and the best LoRA adapter, or for a full fine-tune the
+                             whole model with its tokenizer (train)
     RUN/checkpoints/         while training: the last two checkpoints (train)
     RUN/train_summary.json   TrainSummary (train)
-    RUN/merged/              the adapter merged into the base weights (export)
+    RUN/merged/              the adapter merged into the base weights, or a full fine-tune's
+                             model in float32 (export)
     RUN/<name>-<TYPE>.gguf   the GGUF; ExportInfo names it (export)
     RUN/Modelfile, DEPLOY.md the Ollama Modelfile and the deploy note (export)
     RUN/meshtastic_knowledge.txt  the bot's knowledge file the model was trained with (export;
@@ -214,6 +216,7 @@ class TrainSummary(_Record):
     best_eval_loss: float | None = None
     best_adapter: str = "adapter"  # the folder export uses: "best" or "adapter"
     final_adapter_is: str = "last"
+    fine_tune: str = "lora"  # "lora": adapter/ and best/ are adapters; "full": whole models
     final_train_loss: float | None = None
     wall_time_s: float = 0.0
     tokens_per_s: float | None = None
@@ -368,7 +371,8 @@ class Trained:
 
     dir: Path
     base_model: str
-    adapter: Path  # best/ when it holds an adapter, else adapter/
+    adapter: Path  # best/ when it holds the trained weights, else adapter/
+    full: bool  # a full fine-tune: `adapter` is the whole model, not a LoRA adapter
     family: str | None  # as train recorded it
     system_prompt: str
     ollama: dict[str, Any]  # the recipe's Modelfile PARAMETERs
@@ -388,19 +392,27 @@ def load_trained(run_dir: str | Path) -> Trained:
     base = summary.base_model or recipe.get("base_model")
     if not base:
         raise MeshtuneError(f"{run.summary}: no base_model; re-run training")
+    full = summary.fine_tune == "full"
+    marker, what = ("config.json", "model") if full else ("adapter_config.json", "LoRA adapter")
     adapter = folder / (summary.best_adapter or "best")
-    if not (adapter / "adapter_config.json").is_file():
+    if not (adapter / marker).is_file():
         adapter = run.adapter
-    if not (adapter / "adapter_config.json").is_file():
+    if not (adapter / marker).is_file():
         raise MeshtuneError(
-            f"{folder}: no LoRA adapter (best/ or adapter/ with adapter_config.json); "
+            f"{folder}: no {what} (best/ or adapter/ with {marker}); "
             "the training run did not finish"
         )
-    check_adapter(adapter)
+    if full:
+        from meshtune.models import check_folder
+
+        check_folder(adapter)
+    else:
+        check_adapter(adapter)
     return Trained(
         dir=folder,
         base_model=str(base),
         adapter=adapter,
+        full=full,
         family=summary.family,
         system_prompt=summary.system_prompt or recipe.get("system_prompt") or DEFAULT_SYSTEM_PROMPT,
         ollama=run.ollama_overrides(),

@@ -151,7 +151,7 @@ def _run_ggufs(run: Path) -> list[Path]:
 
 def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelSpec:
     """A run directory: its exported GGUF for llamacpp (the default once export has run, on a
-    CPU), else base + best adapter (or the merged folder) for hf."""
+    CPU), else for hf the merged folder, base + best adapter, or a full fine-tune's best model."""
     ggufs = _run_ggufs(run)
     backend = backend or ("llamacpp" if ggufs and not on_gpu() else "hf")
     opts = modelfile_options(run)
@@ -169,6 +169,10 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
     if (merged / "config.json").is_file():
         return ModelSpec(model, run.name, backend, system, None, str(merged), None, run, opts)
     trained = rundir.load_trained(run)
+    if trained.full:  # the whole model, saved with its tokenizer
+        return ModelSpec(
+            model, run.name, backend, system, None, str(trained.adapter), None, run, opts
+        )
     return ModelSpec(
         model, run.name, backend, system, None, trained.base_model, trained.adapter, run, opts
     )

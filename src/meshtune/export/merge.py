@@ -1,5 +1,6 @@
 """Merge: the run's LoRA adapter merged into float32 base weights, saved with the tokenizer
-(chat template included) as a Hugging Face folder, RUN/merged/."""
+(chat template included) as a Hugging Face folder, RUN/merged/. A full fine-tune has nothing to
+merge: its model is saved in float32 as RUN/merged/ (it may have trained in bf16)."""
 
 import contextlib
 import os
@@ -38,7 +39,6 @@ def merge(run: Trained, out: Path) -> Any:
     returns the tokenizer. Merging onto full precision, never onto a 4-bit base, keeps
     conversion sound (llama.cpp#12923)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from meshtune.models import resolve
@@ -55,17 +55,29 @@ def merge(run: Trained, out: Path) -> Any:
         )
     with torch_threads(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers API
-        model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32)
-        try:
-            model = PeftModel.from_pretrained(model, run.adapter).merge_and_unload()
-        except (ValueError, RuntimeError, KeyError) as e:  # an adapter for another model
-            first = str(e).splitlines()[0][:160]
-            raise MeshtuneError(
-                f"{run.adapter}: the adapter does not fit {run.base_model} ({first}); export "
-                "with the base model the run trained"
-            ) from e
+        if run.full:
+            model = AutoModelForCausalLM.from_pretrained(run.adapter, dtype=torch.float32)
+        else:
+            model = _merged(run, base.folder)
     with atomic_folder(out, hidden=False, fix="check the disk and folder") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         del model
     return tokenizer
+
+
+def _merged(run: Trained, base_folder: Path) -> Any:
+    """The base model in float32 with the run's LoRA adapter merged in."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+    try:
+        return PeftModel.from_pretrained(model, run.adapter).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:  # an adapter for another model
+        first = str(e).splitlines()[0][:160]
+        raise MeshtuneError(
+            f"{run.adapter}: the adapter does not fit {run.base_model} ({first}); export "
+            "with the base model the run trained"
+        ) from e

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning, readable top to bottom.
+"""Fine-tuning (LoRA, or every parameter when the recipe has no adapter), readable top to
+bottom.
 
     conversations -> token ids + labels (assistant turns and their end-of-turn token)
                   -> packed rows (padding-free; position ids restart per conversation)
@@ -32,12 +33,12 @@ from meshtune.train.loss import micro_loss, packed_causal_lm, to_device
 from meshtune.train.outputs import (
     MetricsLog,
     check_run_dir,
-    load_adapter,
+    load_weights,
     plot_losses,
     prepare_run_dir,
     restore_checkpoint,
-    save_adapter,
     save_checkpoint,
+    save_weights,
 )
 from meshtune.train.packing import EMPTY, Batch, join, micro_batches, pack
 from meshtune.train.plan import CPU_ENGINE, CUDA_ENGINE, Plan, plan_examples, tokenize
@@ -139,6 +140,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
         eval_batches=engine.batches(
             micro_batches(eval_rows, recipe.micro_batch_size, engine.share)
         ),
+        tokenizer=data.tokenizer,
         say=say,
     )
     if trainer.eval_batches and state.step == 0:
@@ -203,6 +205,7 @@ class Trainer:
     state: TrainState
     metrics: MetricsLog
     eval_batches: list[Batch]
+    tokenizer: Any  # saved beside a full fine-tune's model
     say: Any
     tokens_seen: int = 0
     trained_seen: int = 0
@@ -309,7 +312,7 @@ class Trainer:
         self.metrics.write({"step": 0, "eval_loss": state.eval_before})
         self.say(f"eval loss before training: {state.eval_before:.4f}")
         if self.main:
-            save_adapter(self.peft_model, RunDir(self.run).best)
+            save_weights(self.peft_model, RunDir(self.run).best, self.tokenizer)
 
     def evaluate_step(self, step: int, progress: "Progress") -> None:
         state, recipe = self.state, self.recipe
@@ -318,7 +321,7 @@ class Trainer:
         progress.write(f"step {step}: eval loss {loss:.4f} (train {state.train_losses[-1]:.4f})")
         state.record_eval(step, loss)
         if state.best_step == step and self.main:
-            save_adapter(self.peft_model, RunDir(self.run).best)
+            save_weights(self.peft_model, RunDir(self.run).best, self.tokenizer)
         for warning in state.health(recipe):
             progress.write(f"WARNING: {warning}")
         if recipe.early_stopping_patience and state.bad_evals >= recipe.early_stopping_patience:
@@ -334,14 +337,14 @@ class Trainer:
         recipe, state, run = self.recipe, self.state, RunDir(self.run)
         final_step = state.step
         if recipe.load_best_model_at_end and run.best.is_dir() and state.best_step is not None:
-            load_adapter(self.peft_model, run.best)
+            load_weights(self.peft_model, run.best)
             final_step = state.best_step
         eval_after = {0: state.eval_before, **dict(state.evals)}.get(final_step)
         if self.eval_batches and eval_after is None:  # a resumed run that had nothing left
             eval_after = self.eval_loss()
         summary = self.summary(base_folder, eval_after, wall, cuda, precision)
         if self.main:
-            save_adapter(self.peft_model, run.adapter)
+            save_weights(self.peft_model, run.adapter, self.tokenizer)
             if not self.eval_batches:
                 shutil.rmtree(run.best, ignore_errors=True)
             summary.save(run.summary)
@@ -369,6 +372,7 @@ class Trainer:
             best_step=state.best_step,
             best_eval_loss=state.best_loss if held_out else None,
             best_adapter="best" if held_out else "adapter",
+            fine_tune="full" if recipe.full_fine_tune else "lora",
             final_adapter_is="best" if recipe.load_best_model_at_end and held_out else "last",
             final_train_loss=state.train_losses[-1] if state.train_losses else None,
             wall_time_s=round(wall, 1),

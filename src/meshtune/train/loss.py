@@ -120,17 +120,22 @@ class LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+def base_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper; a full fine-tune's model is not wrapped."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class PackedCausalLM(torch.nn.Module):
-    """The PEFT model with a forward that takes a `DeviceBatch` and returns the summed loss, so
-    that accelerate's wrapper (DDP, autocast) sees the whole computation. `.peft` is what gets
-    saved."""
+    """The trained model (PEFT, or plain for a full fine-tune) with a forward that takes a
+    `DeviceBatch` and returns the summed loss, so that accelerate's wrapper (DDP, autocast)
+    sees the whole computation. `.peft` is what gets saved."""
 
     def __init__(self, peft_model: Any) -> None:
         super().__init__()
         self.peft = peft_model
 
     def forward(self, batch: DeviceBatch) -> Any:
-        model = self.peft.get_base_model()
+        model = base_model(self.peft)
         hidden = model.get_decoder()(
             input_ids=batch.input_ids,
             position_ids=batch.position_ids,
@@ -145,7 +150,7 @@ def packed_causal_lm(peft_model: Any, compile_layers: bool = True) -> Any:
     """The CUDA training module: decoder layers compiled (they are all one shape, so one
     compilation serves every layer), hidden states at trained positions only, then the chunked
     loss."""
-    base = peft_model.get_base_model()
+    base = base_model(peft_model)
     if compile_layers:
         # up to eight padded shapes, each in training and in evaluation (no_grad)
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)

@@ -1,6 +1,8 @@
-"""The model, its LoRA adapter, precision, optimizer and learning-rate schedule."""
+"""The model, its LoRA adapter (none for a full fine-tune), precision, optimizer and
+learning-rate schedule."""
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,8 @@ def load_model(
     document: bool,
 ) -> Any:
     """The base model with the engine's attention (`document`: the CUDA engine's) and a LoRA
-    adapter on it."""
+    adapter on it; for a full fine-tune, the model itself with `unfrozen_parameters` alone
+    trainable (every parameter without it)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -76,6 +79,9 @@ def load_model(
                 "here; use adapter: lora, or pass --allow-lora-fallback"
             )
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if recipe.full_fine_tune:
+        unfreeze(model, recipe.unfrozen_parameters)
+        return model.to("cuda") if cuda else model
     if "quantization_config" in kwargs:
         model = prepare_model_for_kbit_training(model)
     layers = recipe.peft_layers_to_transform
@@ -98,6 +104,20 @@ def load_model(
     )
     model = get_peft_model(model, config)
     return model.to("cuda") if cuda and "quantization_config" not in kwargs else model
+
+
+def unfreeze(model: Any, patterns: list[str] | None) -> None:
+    """Parameters whose names match a pattern from their start train, the rest are frozen
+    (Axolotl's unfrozen_parameters); no patterns: all train."""
+    names = [name for name, _ in model.named_parameters()]
+    chosen = {n for n in names if not patterns or any(re.match(p, n) for p in patterns)}
+    if not chosen:
+        raise MeshtuneError(
+            f"unfrozen_parameters {patterns} match no parameter of the model; names look like "
+            f"{names[0]!r} or {names[-1]!r}"
+        )
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen)
 
 
 def _linear_names(model: Any) -> list[str]:
@@ -125,8 +145,8 @@ def optimizer(recipe: Recipe, params: list[Any], cuda: bool, say: Any) -> Any:
                 params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay
             )
         say(
-            f"note: {recipe.optimizer} needs bitsandbytes on CUDA; using AdamW (LoRA's optimizer "
-            "state is small either way)"
+            f"note: {recipe.optimizer} needs bitsandbytes on CUDA; using AdamW (32-bit "
+            "optimizer state)"
         )
     return torch.optim.AdamW(
         params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, fused=cuda or None

@@ -1,4 +1,5 @@
-"""How training writes its files: adapters, checkpoints, the metrics log and the loss plot.
+"""How training writes its files: adapters (or a full fine-tune's whole model), checkpoints,
+the metrics log and the loss plot.
 
 Where they go is meshtune.rundir's (RunDir); their formats are training's own: only training
 reads a checkpoint or appends to metrics.jsonl.
@@ -41,16 +42,42 @@ def prepare_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
     run.mkdir(parents=True, exist_ok=True)
 
 
-def save_adapter(model: Any, folder: Path) -> None:
+def is_adapter(model: Any) -> bool:
+    """Whether the model trains a PEFT adapter (else it is a full fine-tune)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_weights(model: Any, folder: Path, tokenizer: Any = None) -> None:
+    """LoRA: the adapter. Full fine-tune: the whole model, with `tokenizer` when given, so the
+    folder loads as a model of its own."""
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
+        if tokenizer is not None and not is_adapter(model):
+            tokenizer.save_pretrained(tmp)
 
 
-def load_adapter(model: Any, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
+def load_weights(model: Any, folder: Path) -> None:
+    """Put what save_weights wrote back into the model being trained."""
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    if is_adapter(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        return
+    state: dict[str, Any] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    # named_parameters() lists a tied output head once, under the name save_pretrained keeps
+    missing = sorted({name for name, _ in model.named_parameters()} - state.keys())
+    if missing:
+        raise MeshtuneError(
+            f"{folder}: {len(missing)} weights missing (e.g. {missing[0]}); the saved model is "
+            "damaged: train again without --resume"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def save_checkpoint(
@@ -65,7 +92,7 @@ def save_checkpoint(
         rng["cuda"] = torch.cuda.get_rng_state_all()
     with atomic_folder(root / f"step-{state.step:06d}") as tmp:
         tmp.mkdir()
-        model.save_pretrained(tmp / "adapter")
+        model.save_pretrained(tmp / _weights_folder(model))
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -89,7 +116,7 @@ def restore_checkpoint(
         raise MeshtuneError(f"{run}: no checkpoints to resume from; run without --resume")
     last = checkpoints[-1]
     saved = torch.load(last / "state.pt", weights_only=False)
-    load_adapter(model, last / "adapter")
+    load_weights(model, last / _weights_folder(model))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -100,6 +127,10 @@ def restore_checkpoint(
     state.evals = [tuple(e) for e in state.evals]  # type: ignore[misc]
     say(f"resuming from {last.name} (step {state.step})")
     return state
+
+
+def _weights_folder(model: Any) -> str:
+    return "adapter" if is_adapter(model) else "model"
 
 
 class MetricsLog:

@@ -72,6 +72,7 @@ class Plan:
     save_interval: int | None
     checkpoints: int
     engine: str = CPU_ENGINE
+    method: str = ""  # what trains: the adapter, or the full fine-tune's parameter count
     token_budget: int | None = None  # CUDA: tokens per joined micro batch
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -88,6 +89,7 @@ class Plan:
             else ""
         )
         out = [
+            f"method            {self.method}",
             f"base model        {self.base_model} ({self.family} chat template; "
             f"tokens from {self.tokenizer_from}{est})",
             f"conversations     {self.conversations}: {self.train_conversations} train, "
@@ -203,10 +205,37 @@ def plan_examples(
         save_interval=save_interval,
         checkpoints=checkpoints,
         engine=engine,
+        method=method(recipe, data.estimate),
         token_budget=budget,
         notes=notes,
         warnings=warnings,
     )
+
+
+def method(recipe: Recipe, estimate: bool) -> str:
+    """What trains, in words: the adapter, or how many parameters a full fine-tune trains."""
+    if not recipe.full_fine_tune:
+        return f"{recipe.adapter} adapter (r {recipe.lora_r}, alpha {recipe.lora_alpha:g})"
+    if estimate:
+        return "full fine-tune (the base model is not here to count its parameters)"
+    trained, total = trainable_parameters(recipe)
+    return f"full fine-tune: {trained:,} of {total:,} parameters train"
+
+
+def trainable_parameters(recipe: Recipe) -> tuple[int, int]:
+    """(trainable, all) parameters of a full fine-tune, counted on a weightless copy of the
+    base model (no memory, no load)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from meshtune.train.model import unfreeze
+
+    config = AutoConfig.from_pretrained(resolve(recipe.base_model).folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unfreeze(model, recipe.unfrozen_parameters)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def _warnings(

@@ -1,0 +1,166 @@
+"""Full fine-tuning: a recipe without `adapter` trains every parameter (or those
+`unfrozen_parameters` names), as in Axolotl; the run saves whole models, exports them without a
+merge and evaluates them with the hf backend. Tiny random llama models, on the CPU."""
+
+import shutil
+
+import pytest
+import torch
+from tests.tiny import tiny_recipe, write_recipe
+
+from meshtune.errors import MeshtuneError
+from meshtune.recipe import load_recipe
+from meshtune.rundir import RunDir
+from meshtune.train import Options, train
+
+
+def quiet(*_):
+    pass
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_llama):
+    """A full fine-tune of the tiny llama: 8 steps, evaluated every 4, keeping the best."""
+    root = tmp_path_factory.mktemp("full")
+    recipe = tiny_recipe(root, tiny_llama, adapter=None, max_steps=8, load_best_model_at_end=True)
+    summary = train(load_recipe(recipe), Options(root / "run", progress=False), quiet)
+    return root / "run", summary
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def test_a_recipe_without_adapter_is_a_full_fine_tune_as_in_axolotl(tmp_path):
+    assert load_recipe(write_recipe(tmp_path, learning_rate=1e-5)).recipe.full_fine_tune
+    assert load_recipe(write_recipe(tmp_path, text="adapter:\n")).recipe.full_fine_tune
+    path = write_recipe(tmp_path, adapter="lora")
+    assert not load_recipe(path).recipe.full_fine_tune
+    assert load_recipe(path, ["adapter="]).recipe.full_fine_tune  # `--set adapter=` unsets it
+
+
+def test_lora_keys_without_an_adapter_are_an_error_naming_the_fix(tmp_path):
+    # meshtune's old default was LoRA: such a recipe must not silently train every parameter
+    with pytest.raises(
+        MeshtuneError, match=r"lora_r, lora_alpha set but no adapter.*adapter: lora"
+    ):
+        load_recipe(write_recipe(tmp_path, lora_r=4, lora_alpha=8))
+    with pytest.raises(MeshtuneError, match="unfrozen_parameters is for a full fine-tune"):
+        load_recipe(write_recipe(tmp_path, adapter="lora", unfrozen_parameters=["model.norm"]))
+    with pytest.raises(
+        MeshtuneError, match=r"unfrozen_parameters: .*'layers.\(1' is not a regular expression"
+    ):
+        load_recipe(write_recipe(tmp_path, unfrozen_parameters=["layers.(1"]))
+
+
+def test_plan_says_full_fine_tune_and_counts_the_trainable_parameters(cli, tmp_path, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    total = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_llama).parameters())
+    r = cli("plan", tiny_recipe(tmp_path, tiny_llama, adapter=None))
+    assert r.code == 0, r.err
+    assert f"method            full fine-tune: {total:,} of {total:,} parameters train" in r.out
+    r = cli("plan", tiny_recipe(tmp_path, tiny_llama, adapter=None, unfrozen_parameters=["x"]))
+    assert r.code == 2 and "unfrozen_parameters ['x'] match no parameter" in r.err
+    assert (
+        "method            lora adapter (r 4, alpha 8)"
+        in cli("plan", tiny_recipe(tmp_path, tiny_llama)).out
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_a_full_fine_tune_lowers_eval_loss_and_moves_every_parameter(full_run, tiny_llama):
+    run, summary = full_run
+    assert summary.fine_tune == "full"
+    assert summary.eval_loss_after < summary.eval_loss_before
+    before, after = weights(tiny_llama), weights(run / "adapter")
+    assert before.keys() == after.keys()
+    unmoved = [name for name in before if torch.equal(before[name], after[name])]
+    assert unmoved == []
+
+
+def test_the_saved_model_loads_on_its_own_and_its_recipe_loads_back(full_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, summary = full_run
+    best = run / summary.best_adapter
+    assert not (best / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(best)
+    ids = AutoTokenizer.from_pretrained(best)("relay?", return_tensors="pt").input_ids
+    assert model(ids).logits.isfinite().all()
+    recipe = load_recipe(RunDir(run).recipe).recipe  # no LoRA keys written for a full run
+    assert recipe.full_fine_tune and recipe.max_steps == 8
+
+
+def test_unfrozen_parameters_train_those_parameters_alone(tmp_path, tiny_llama):
+    recipe = tiny_recipe(
+        tmp_path, tiny_llama, adapter=None, max_steps=2, unfrozen_parameters=[r"model\.layers\.1\."]
+    )
+    train(load_recipe(recipe), Options(tmp_path / "run", progress=False), quiet)
+    before, after = weights(tiny_llama), weights(tmp_path / "run" / "adapter")
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved == {name for name in before if name.startswith("model.layers.1.")}
+
+
+def test_a_checkpoint_restores_the_whole_model(tmp_path, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from meshtune.train.outputs import load_weights, save_weights
+
+    trained = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    save_weights(trained, tmp_path / "saved")
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    load_weights(fresh, tmp_path / "saved")
+    for (name, want), got in zip(
+        trained.state_dict().items(), fresh.state_dict().values(), strict=True
+    ):
+        assert torch.equal(want, got), name
+    (tmp_path / "saved" / "model.safetensors").unlink()
+    with pytest.raises(MeshtuneError, match=r"weights missing.*without --resume"):
+        load_weights(fresh, tmp_path / "saved")
+
+
+# ---------------------------------------------------------------- export and evaluation
+
+
+def test_export_converts_the_trained_model_without_a_merge_and_its_logits_match(full_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from meshtune import export
+
+    run = shutil.copytree(full_run[0], tmp_path / "run")
+    _, verification = export.export(run, quant="F32", name="full")
+    got = {c.name: c for c in verification.checks}
+    for name in ("metadata", "tokens", "logits", "modelfile"):
+        assert got[name].ok, (name, got[name].detail)
+    ids = torch.tensor([[1, 9690, 198, 16, 28, 30, 2]])
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged")
+    trained = AutoModelForCausalLM.from_pretrained(run / "best")
+    assert merged.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, trained(ids).logits)
+
+
+def test_the_hf_backend_evaluates_the_full_model_without_an_adapter(full_run):
+    from transformers import AutoModelForCausalLM
+
+    from meshtune.evaluate.backends import open_backend, resolve_model
+
+    run, _ = full_run
+    spec = resolve_model(str(run), "hf")
+    assert spec.adapter is None and spec.hf_name == str(run / "best")
+    backend = open_backend(spec, threads=2)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(run / "best")(ids).logits
+        torch.testing.assert_close(backend.model(ids).logits, want)
