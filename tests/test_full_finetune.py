@@ -44,16 +44,13 @@ def test_a_recipe_without_adapter_is_a_full_fine_tune_as_in_axolotl(tmp_path):
     assert load_recipe(path, ["adapter="]).recipe.full_fine_tune  # `--set adapter=` unsets it
 
 
-def test_lora_keys_without_an_adapter_are_an_error_naming_the_fix(tmp_path):
-    # meshtune's old default was LoRA: such a recipe must not silently train every parameter
-    with pytest.raises(
-        MeshtuneError, match=r"lora_r, lora_alpha set but no adapter.*adapter: lora"
-    ):
-        load_recipe(write_recipe(tmp_path, lora_r=4, lora_alpha=8))
+def test_keys_that_cannot_work_with_the_method_are_errors_naming_the_fix(tmp_path):
     with pytest.raises(MeshtuneError, match="unfrozen_parameters is for a full fine-tune"):
         load_recipe(write_recipe(tmp_path, adapter="lora", unfrozen_parameters=["model.norm"]))
+    with pytest.raises(MeshtuneError, match=r"there is no adapter.*add `adapter: qlora`"):
+        load_recipe(write_recipe(tmp_path, load_in_4bit=True))
     with pytest.raises(
-        MeshtuneError, match=r"unfrozen_parameters: .*'layers.\(1' is not a regular expression"
+        MeshtuneError, match=r"unfrozen_parameters: .*'layers.\(1' is not a regular"
     ):
         load_recipe(write_recipe(tmp_path, unfrozen_parameters=["layers.(1"]))
 
@@ -65,6 +62,10 @@ def test_plan_says_full_fine_tune_and_counts_the_trainable_parameters(cli, tmp_p
     r = cli("plan", tiny_recipe(tmp_path, tiny_llama, adapter=None))
     assert r.code == 0, r.err
     assert f"method            full fine-tune: {total:,} of {total:,} parameters train" in r.out
+    # LoRA keys are ignored as Axolotl ignores them, but a recipe written for meshtune's old
+    # LoRA default must not change method unnoticed
+    ignored = "lora_r, lora_alpha, lora_dropout, lora_target_linear ignored"
+    assert f"WARNING: no adapter: a full fine-tune, as in Axolotl; {ignored}" in r.out
     r = cli("plan", tiny_recipe(tmp_path, tiny_llama, adapter=None, unfrozen_parameters=["x"]))
     assert r.code == 2 and "unfrozen_parameters ['x'] match no parameter" in r.err
     assert (

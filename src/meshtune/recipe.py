@@ -180,6 +180,11 @@ class Recipe(BaseModel):
         return self.adapter is None
 
     @property
+    def unused_lora_keys(self) -> list[str]:
+        """LoRA keys the recipe sets though it has no adapter."""
+        return [k for k in LORA_KEYS if k in self.model_fields_set] if self.full_fine_tune else []
+
+    @property
     def quantized(self) -> bool:
         return self.adapter == "qlora" or self.load_in_4bit or self.load_in_8bit
 
@@ -281,6 +286,7 @@ def parse_recipe(raw: dict[str, Any], path: Path) -> tuple[Recipe, list[str]]:
     return recipe, notes
 
 
+# Keys a full fine-tune does not use: ignored with a plan warning, as Axolotl ignores them.
 LORA_KEYS = (
     "lora_r",
     "lora_alpha",
@@ -288,23 +294,15 @@ LORA_KEYS = (
     "lora_target_linear",
     "lora_target_modules",
     "peft_layers_to_transform",
-    "load_in_4bit",
-    "load_in_8bit",
 )
 
 
 def _check_method_keys(recipe: Recipe, path: Path) -> None:
-    """Keys of the other training method are errors, not ignored: a recipe written for
-    meshtune's old default (LoRA without `adapter`) would otherwise silently train every
-    parameter."""
-    given = recipe.model_fields_set
-    lora = [k for k in LORA_KEYS if k in given]
-    if recipe.full_fine_tune and lora:
+    """Keys that cannot work with the recipe's training method are errors."""
+    if recipe.full_fine_tune and (recipe.load_in_4bit or recipe.load_in_8bit):
         raise MeshtuneError(
-            f"{path}: {', '.join(lora)} set but no adapter, which means a full fine-tune (as "
-            "in Axolotl); add `adapter: lora` to train LoRA, or remove "
-            f"{'it' if len(lora) == 1 else 'them'} (unfrozen_parameters picks what a full "
-            "fine-tune trains)"
+            f"{path}: load_in_4bit / load_in_8bit train an adapter on a quantized model, but "
+            "there is no adapter (a full fine-tune); add `adapter: qlora`, or remove them"
         )
     if not recipe.full_fine_tune and recipe.unfrozen_parameters:
         raise MeshtuneError(

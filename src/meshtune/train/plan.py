@@ -250,6 +250,12 @@ def _warnings(
     evals: int,
 ) -> list[str]:
     warnings = []
+    if recipe.unused_lora_keys:
+        # meshtune's default was LoRA once: such a recipe now trains every parameter
+        warnings.append(
+            f"no adapter: a full fine-tune, as in Axolotl; {', '.join(recipe.unused_lora_keys)} "
+            "ignored. Add `adapter: lora` to train LoRA"
+        )
     if recipe.trust_remote_code:
         warnings.append(
             "trust_remote_code: true runs code from the model folder; training refuses it "
