@@ -256,6 +256,25 @@ def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
 
 
 @cuda
+def test_a_full_fine_tune_on_cuda_trains_every_parameter_through_the_document_engine(tmp_path):
+    """No adapter: the same CUDA engine trains the unwrapped model in the engine's precision
+    and saves it whole."""
+    from safetensors.torch import load_file
+
+    from meshtune.recipe import load_recipe
+    from meshtune.train import Options, train
+
+    recipe = tiny_cuda_recipe(tmp_path, adapter=None)
+    summary = train(load_recipe(recipe), Options(tmp_path / "run", progress=False), print)
+    assert summary.device == "cuda" and summary.fine_tune == "full" and summary.steps == 12
+    assert summary.eval_loss_after < summary.eval_loss_before
+    before = load_file(tmp_path / "model" / "model.safetensors")
+    after = load_file(tmp_path / "run" / "adapter" / "model.safetensors")
+    unmoved = [n for n in before if torch.equal(before[n].to(after[n].dtype), after[n])]
+    assert before.keys() == after.keys() and unmoved == []
+
+
+@cuda
 def test_the_cpu_engine_on_a_gpu_takes_the_cpu_plans_steps(tmp_path):
     """`train --engine cpu` on a GPU: the CPU's batching (shared prompts computed once), so
     the steps are those the 2-core machine will take, while the arithmetic runs on CUDA."""
