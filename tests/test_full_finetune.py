@@ -78,8 +78,11 @@ def test_plan_says_full_fine_tune_and_counts_the_trainable_parameters(cli, tmp_p
 
 
 def test_a_full_fine_tune_lowers_eval_loss_and_moves_every_parameter(full_run, tiny_llama):
+    from meshtune.cli import train_line
+
     run, summary = full_run
     assert summary.fine_tune == "full"
+    assert train_line(summary, run).endswith(f"best model: {run / 'best'}")
     assert summary.eval_loss_after < summary.eval_loss_before
     before, after = weights(tiny_llama), weights(run / "adapter")
     assert before.keys() == after.keys()
