@@ -168,3 +168,22 @@ def test_the_hf_backend_evaluates_the_full_model_without_an_adapter(full_run):
     with torch.no_grad():
         want = AutoModelForCausalLM.from_pretrained(run / "best")(ids).logits
         torch.testing.assert_close(backend.model(ids).logits, want)
+
+
+def test_weight_decay_spares_norm_weights_as_the_hugging_face_trainer_does(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from meshtune.train.model import decay_groups
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    decayed, spared = decay_groups(list(model.parameters()), 0.1)
+    name = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+    assert sorted(name[id(p)] for p in spared["params"]) == [
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        "model.norm.weight",
+    ]
+    assert all(p.ndim == 2 for p in decayed["params"])

@@ -137,20 +137,27 @@ def _linear_names(model: Any) -> list[str]:
 def optimizer(recipe: Recipe, params: list[Any], cuda: bool, say: Any) -> Any:
     import torch
 
+    groups = decay_groups(params, recipe.weight_decay)
     if recipe.optimizer in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
         if cuda and has("bitsandbytes"):
             import bitsandbytes as bnb
 
-            return bnb.optim.AdamW8bit(
-                params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay
-            )
+            return bnb.optim.AdamW8bit(groups, lr=recipe.learning_rate)
         say(
             f"note: {recipe.optimizer} needs bitsandbytes on CUDA; using AdamW (32-bit "
             "optimizer state)"
         )
-    return torch.optim.AdamW(
-        params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, fused=cuda or None
-    )
+    return torch.optim.AdamW(groups, lr=recipe.learning_rate, fused=cuda or None)
+
+
+def decay_groups(params: list[Any], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: norm weights and biases (what a full fine-tune adds to
+    LoRA's matrices) are not decayed, as in the Hugging Face Trainer Axolotl runs on."""
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def scheduler(recipe: Recipe, optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
