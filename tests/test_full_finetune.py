@@ -113,25 +113,42 @@ def test_unfrozen_parameters_train_those_parameters_alone(tmp_path, tiny_llama):
     assert moved == {name for name in before if name.startswith("model.layers.1.")}
 
 
-def test_a_checkpoint_restores_the_whole_model(tmp_path, tiny_llama):
+def test_a_checkpoint_restores_the_whole_model_and_its_optimizer(tmp_path, tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from meshtune.train.outputs import load_weights, save_weights
+    from meshtune.recipe import Recipe
+    from meshtune.train import model as models
+    from meshtune.train.outputs import restore_checkpoint, save_checkpoint
+    from meshtune.train.state import TrainState
 
-    trained = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    with torch.no_grad():
-        for p in trained.parameters():
-            p.add_(0.01)
-    save_weights(trained, tmp_path / "saved")
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    load_weights(fresh, tmp_path / "saved")
+    recipe = Recipe(base_model=str(tiny_llama), weight_decay=0.1)
+
+    def setup():
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        optimizer = models.optimizer(recipe, list(model.parameters()), False, quiet)
+        return model, optimizer, models.scheduler(recipe, optimizer, 0, 10)
+
+    trained, optimizer, scheduler = setup()
+    trained(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    save_checkpoint(tmp_path, trained, optimizer, scheduler, TrainState(step=1))
+    assert (tmp_path / "checkpoints" / "step-000001" / "model" / "model.safetensors").is_file()
+    fresh, fresh_optimizer, fresh_scheduler = setup()
+    state = restore_checkpoint(tmp_path, fresh, fresh_optimizer, fresh_scheduler, quiet)
+    assert state.step == 1
     for (name, want), got in zip(
         trained.state_dict().items(), fresh.state_dict().values(), strict=True
     ):
         assert torch.equal(want, got), name
-    (tmp_path / "saved" / "model.safetensors").unlink()
+    saved, restored = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert len(restored["state"]) == len(list(trained.parameters()))
+    for i, moments in saved["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], restored["state"][i]["exp_avg_sq"])
+    assert fresh_scheduler.state_dict() == scheduler.state_dict()
+    (tmp_path / "checkpoints" / "step-000001" / "model" / "model.safetensors").unlink()
     with pytest.raises(MeshtuneError, match=r"weights missing.*without --resume"):
-        load_weights(fresh, tmp_path / "saved")
+        restore_checkpoint(tmp_path, fresh, fresh_optimizer, fresh_scheduler, quiet)
 
 
 # ---------------------------------------------------------------- export and evaluation
