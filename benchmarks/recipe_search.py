@@ -21,7 +21,7 @@ seconds instead of minutes; the shipped recipe is then confirmed through `make r
 llama.cpp) on the CPU.
 
     python benchmarks/recipe_search.py --out results.json --engine cpu --backend hf \
-        base: r32:lora_r=32,lora_alpha=64 full:adapter=
+        base: r32:lora_r=32,lora_alpha=64 full:adapter=,learning_rate=1e-4
 """
 
 import argparse
