@@ -315,3 +315,18 @@ def test_replies_with_a_model_is_refused(cli, tmp_path):
     replies = rows_file(tmp_path, [{"item": "relay-01", "reply": "hi"}], "r.jsonl")
     r = cli("eval", "smollm2-135m", "--replies", replies, "--out", tmp_path / "o")
     assert r.code == 2 and "give no MODEL" in r.err
+
+
+def test_compare_gives_each_request_kinds_figures_where_the_suite_has_them(quick_report):
+    from meshtune.evaluate import compare
+
+    run = REPO / "reports" / "embedded-cpu-run-5034a2b"
+    rows = {m["name"]: m for m in compare(str(run / "base"), str(run / "tuned")).metrics}
+    delivered = rows["/meshtastic delivered pass"]
+    assert (delivered["a"], delivered["b"], delivered["better"]) == (0.0156, 0.1719, "b")
+    assert rows["/meshtastic refusal"]["b"] == 0.359
+    assert rows["technical replies wrong"]["better"] == "b"  # 100% wrong -> 89%
+    assert rows["wrong-command rate"]["better"] == "a"  # the base names fewer commands at all
+    out, _ = quick_report  # the quick suite has no knowledge items: no empty rows for them
+    names = [m["name"] for m in compare(str(out), str(out)).metrics]
+    assert "item pass rate" in names and not any("/meshtastic" in n for n in names)

@@ -502,6 +502,13 @@ class Comparison:
 # (summary key path, display name, True when higher is better)
 COMPARED = (
     (("pass_rate",), "item pass rate", True),
+    (("kinds", "dm", "pass_rate"), "DM pass rate", True),
+    (("knowledge", "/meshtastic", "delivered", "pass_rate"), "/meshtastic delivered pass", True),
+    (("knowledge", "/meshtastic", "undelivered", "refusal_rate"), "/meshtastic refusal", True),
+    (("knowledge", "follow-up", "delivered", "pass_rate"), "follow-up delivered pass", True),
+    (("knowledge", "follow-up", "undelivered", "refusal_rate"), "follow-up refusal", True),
+    (("technical", "wrong"), "technical replies wrong", False),
+    (("wrong_command_rate",), "wrong-command rate", False),
     (("loop_rate",), "loop rate", False),
     (("runaway_rate",), "runaway rate", False),
     (("invented_command_rate",), "invented-command rate", False),
@@ -557,6 +564,8 @@ def _comparison(ra: EvalResult, rb: EvalResult) -> Comparison:
     rows = []
     for path, name, higher in COMPARED:
         va, vb = _get(ra.summary, path), _get(rb.summary, path)
+        if va is None and vb is None:  # a measure neither suite has (no knowledge items)
+            continue
         delta = round(vb - va, 4) if va is not None and vb is not None else None
         better = ""
         if delta and higher is not None:
