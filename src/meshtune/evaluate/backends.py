@@ -167,15 +167,14 @@ def _run_spec(model: str, run: Path, backend: str | None, system: str) -> ModelS
         return ModelSpec(model, run.name, backend, system, ggufs[0], None, None, run, opts)
     merged = RunDir(run).merged
     if (merged / "config.json").is_file():
-        return ModelSpec(model, run.name, backend, system, None, str(merged), None, run, opts)
-    trained = rundir.load_trained(run)
-    if trained.full:  # the whole model, saved with its tokenizer
-        return ModelSpec(
-            model, run.name, backend, system, None, str(trained.adapter), None, run, opts
-        )
-    return ModelSpec(
-        model, run.name, backend, system, None, trained.base_model, trained.adapter, run, opts
-    )
+        folder, adapter = str(merged), None
+    else:
+        trained = rundir.load_trained(run)
+        if trained.full:  # the whole model, saved with its tokenizer
+            folder, adapter = str(trained.adapter), None
+        else:
+            folder, adapter = trained.base_model, trained.adapter
+    return ModelSpec(model, run.name, backend, system, None, folder, adapter, run, opts)
 
 
 def open_backend(

@@ -64,7 +64,10 @@ def export(
     for path in outputs:  # a folder or FIFO in their place fails now, not after the merge
         output_file(path, "an export output")
     with _stage(stages, "merge"):
-        progress(f"merging {trained.adapter} into {trained.base_model}")
+        if trained.full:  # nothing to merge: the whole model trained
+            progress(f"saving the fully fine-tuned {trained.adapter} in float32")
+        else:
+            progress(f"merging {trained.adapter} into {trained.base_model}")
         tokenizer = merge(trained, run.merged)
     with _stage(stages, "gguf"):
         progress(f"writing {gguf_name}")
