@@ -204,3 +204,34 @@ def test_weight_decay_spares_norm_weights_as_the_hugging_face_trainer_does(tiny_
         "model.norm.weight",
     ]
     assert all(p.ndim == 2 for p in decayed["params"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_under_mixed_precision_a_full_fine_tune_keeps_float32_weights_and_lora_a_16_bit_base(
+    tmp_path, tiny_llama, precision
+):
+    """Autocast computes in 16 bits either way; a full fine-tune's weights, the ones the
+    optimizer updates, stay float32 (a 1e-4 step rounds away in bf16), while LoRA's frozen base
+    is loaded in 16 bits and its adapter kept in float32."""
+    from meshtune.train.model import load_model
+
+    def loaded(adapter):
+        recipe = load_recipe(tiny_recipe(tmp_path, tiny_llama, adapter=adapter)).recipe
+        return load_model(recipe, tiny_llama, False, precision, False, False, quiet, True)
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert {p.dtype for p in loaded(None).parameters()} == {torch.float32}
+    lora = dict(loaded("lora").named_parameters())
+    assert {p.dtype for n, p in lora.items() if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in lora.items() if "lora_" not in n} == {half}
+
+
+def test_flex_attention_gets_its_inputs_in_the_autocast_dtype():
+    """Under bf16 autocast with float32 weights, rotary embedding leaves query and key in
+    float32 beside a bf16 value; the CUDA engine's attention hands flex attention one dtype."""
+    from meshtune.train.attention import in_autocast_dtype
+
+    q, k, v = torch.ones(2, dtype=torch.float32), torch.ones(2), torch.ones(2, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert [t.dtype for t in in_autocast_dtype(q, k, v)] == [torch.bfloat16] * 3
+    assert [t.dtype for t in in_autocast_dtype(q, k, v)] == [torch.float32] * 2 + [torch.bfloat16]

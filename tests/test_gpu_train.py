@@ -257,8 +257,8 @@ def test_train_on_cuda_runs_the_document_engine_end_to_end(tmp_path):
 
 @cuda
 def test_a_full_fine_tune_on_cuda_trains_every_parameter_through_the_document_engine(tmp_path):
-    """No adapter: the same CUDA engine trains the unwrapped model in the engine's precision
-    and saves it whole."""
+    """No adapter: the same CUDA engine trains the unwrapped model under bf16 autocast, its
+    weights float32 (a small update rounds away in bf16), and saves it whole."""
     from safetensors.torch import load_file
 
     from meshtune.recipe import load_recipe
@@ -272,6 +272,9 @@ def test_a_full_fine_tune_on_cuda_trains_every_parameter_through_the_document_en
     after = load_file(tmp_path / "run" / "adapter" / "model.safetensors")
     unmoved = [n for n in before if torch.equal(before[n].to(after[n].dtype), after[n])]
     assert before.keys() == after.keys() and unmoved == []
+    if torch.cuda.is_bf16_supported():
+        assert summary.precision == "bf16"
+        assert {t.dtype for t in after.values()} == {torch.float32}
 
 
 @cuda

@@ -60,6 +60,7 @@ def register_document_attention() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        query, key, value = in_autocast_dtype(query, key, value)
         out = flex_attention(
             query,
             key,
@@ -72,6 +73,20 @@ def register_document_attention() -> None:
 
     AttentionInterface.register(DOCUMENT_ATTENTION, attention)
     AttentionMaskInterface.register(DOCUMENT_ATTENTION, lambda *args, **kwargs: None)
+
+
+def in_autocast_dtype(*tensors: Any) -> tuple[Any, ...]:
+    """The tensors in autocast's dtype while it is on, as SDPA casts its inputs. A full
+    fine-tune keeps float32 weights under bf16 autocast, so the rotary embedding leaves query and
+    key in float32 beside a bf16 value: older torch releases' flex attention rejects the mix, and
+    in float32 its kernels are several times slower."""
+    import torch
+
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 BLOCK = 128  # flex attention's tile: the block mask says which 128 x 128 tiles to compute

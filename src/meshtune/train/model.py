@@ -29,6 +29,19 @@ def precision(recipe: Recipe, cuda: bool) -> str:
     return "no"
 
 
+def weights_dtype(recipe: Recipe, precision: str) -> Any:
+    """The dtype the weights are loaded in. LoRA's frozen base computes in bf16 / fp16 (peft keeps
+    the adapter in float32). A full fine-tune keeps float32 weights and computes in bf16 / fp16
+    under accelerate's autocast: a step of lr 1e-4 changes a weight by about 1e-4 of itself,
+    below bf16's 8-bit mantissa, so in 16 bits most updates round away (and fp16 loss scaling
+    refuses 16-bit parameters)."""
+    import torch
+
+    if recipe.full_fine_tune:
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def load_model(
     recipe: Recipe,
     folder: Path,
@@ -42,11 +55,10 @@ def load_model(
     """The base model with the engine's attention (`document`: the CUDA engine's) and a LoRA
     adapter on it; for a full fine-tune, the model itself with `unfrozen_parameters` alone
     trainable (every parameter without it)."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = weights_dtype(recipe, precision)
     if document:
         register_document_attention()
     else:
