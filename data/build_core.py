@@ -236,49 +236,6 @@ POINTERS = [  # {q}: the user's question, so no two replies are the same
 # Bot usage: each command's purpose and syntax, asked these ways.
 USAGE_QUESTIONS = ["what does {c} do", "how do i use {c}", "syntax for {c}", "whats {c} for",
                    "explain {c} please", "purpose of {c}?"]  # fmt: skip
-# Bot usage the other way round, as people ask it: the job first, then which command. Each
-# taught command's job in two phrasings (the registry's meaning in a user's words), each asked
-# in two frames; four reply frames, one per row, so no reply answers more than one question. benchmarks/command_counts.py measured why: on 2 cores, commands taught in fewer
-# than 20 replies were right in 10% of the suite's replies, those taught in 30-39 in 33%.
-JOBS: dict[str, tuple[str, str]] = {
-    "/help": ("see the main commands", "get short help from the bot"),
-    "/onboard": ("get the intro for new users", "have the bot walk me through it as a newbie"),
-    "/motd": ("read the message of the day", "see today's bulletin"),
-    "/weather": ("get the weather forecast", "check the forecast where the bot is"),
-    "/ping": ("check the bot hears me", "get a quick pong back"),
-    "/nodes": ("see which nodes you heard today", "list the shortnames heard lately"),
-    "/node": ("see details of one node", "look up a single node by shortname"),
-    "/networks": ("see the channel names the bot knows", "list the bot's known channels"),
-    "/optout": ("stop people relaying messages to me", "block relays sent to me"),
-    "/optin": ("let people relay to me again", "turn relays to me back on"),
-    "/ai": ("ask the ai on a channel", "talk to the ai from the channel"),
-    "/vibe": ("change the tone of your replies", "make your answers sound different"),
-    "/aipersonality": ("pick a different ai personality", "choose who the ai acts like"),
-    "/reset": ("clear the ai's context", "make the ai forget our chat"),
-    "/save": ("keep this conversation for later", "store our chat under a name"),
-    "/recall": ("reopen a conversation i saved", "get back a saved chat"),
-    "/m": ("leave mail in a mailbox", "drop a message into someone's mailbox"),
-    "/c": ("read a mailbox", "check the mail waiting for me"),
-    "/log": ("write a log entry", "add an entry to the log"),
-    "/report": ("file a report", "post a new report"),
-    "/checklog": ("read the logs", "look through the log entries"),
-    "/find": ("search the logs and reports", "look for a word in the reports"),
-    "/web": ("search the web", "run a web search from the mesh"),
-    "/wiki": ("get a wikipedia summary", "read a short wiki article on a topic"),
-    "/games": ("see the list of games", "find out which games there are"),
-    "/wordle": ("play wordle", "start a wordle game"),
-    "/trivia": ("play general trivia", "get a trivia question"),
-    "/jokes": ("hear a joke", "get the bot to tell me a joke"),
-    "/alarm": ("set an alarm", "get woken by the bot at a set time"),
-    "/timer": ("start a timer", "count down some minutes"),
-    "/stop": ("mute the bot for me", "make the bot stop messaging me"),
-    "/start": ("unmute the bot", "get the bot talking to me again"),
-    "/hop": ("see the bot's hop limit", "check how many hops the bot uses"),
-    "/hops": ("set the bot's hop limit", "change how many hops the bot uses"),
-}
-JOB_QUESTIONS = ["how do i {j}", "which command to {j}?", "can i {j}", "what do i send to {j}"]
-JOB_REPLIES = ["That's {how}: {m}.", "Use {how}. In short: {m}.", "Send {how}, it does that: {m}.",
-               "{how} is the one: {m}."]  # fmt: skip
 # Relay asks: (question, the message to relay or None when the user gave none).
 RELAY_QUESTIONS = [
     ("how do i get a message to {s}", None), ("can you pass something to {s}", None),
@@ -320,21 +277,6 @@ def usage(rng: random.Random, taught: set[str]) -> list[dict]:
     return rows
 
 
-def jobs(rng: random.Random, taught: set[str]) -> list[dict]:
-    """Four rows for each taught command: its two jobs, each in two of the question frames,
-    each with its own reply frame (more would take the file past the guide's 2,000 rows)."""
-    rows = []
-    for cmd in load_registry().commands:
-        if cmd.name not in taught or cmd.name == "/meshtastic":
-            continue
-        note = " Admins only, in a DM." if cmd.admin else ""
-        replies = [f.format(how=cmd.usage or cmd.name, m=cmd.meaning.rstrip(".!")) for f in JOB_REPLIES]
-        asks = [q.format(j=j) for j in JOBS[cmd.name] for q in rng.sample(JOB_QUESTIONS, 2)]
-        for i, q in enumerate(asks):
-            rows.append(_row("commands", q, replies[i % len(replies)] + note))
-    return rows
-
-
 def relays(rng: random.Random) -> list[dict]:
     rows = []
     for s in SHORTNAMES:
@@ -368,7 +310,7 @@ def build(train: Path = TRAIN, suite: Path = EVAL) -> tuple[list[str], int]:
     ]
     asked = {data.prompt_key(c) for c in hand}
     rng = random.Random(SEED)
-    rows = [*facts(rng), *pointers(rng), *usage(rng, taught), *relays(rng), *jobs(rng, taught)]
+    rows = [*facts(rng), *pointers(rng), *usage(rng, taught), *relays(rng)]
     far = []
     for r in rows:  # far from every eval prompt, and a question no other row asks
         question = r["conversations"][0]["value"]
