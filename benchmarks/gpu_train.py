@@ -351,7 +351,7 @@ def meshtune_step(
         run=None,
         accelerator=accelerator,
         engine=engine,
-        peft_model=peft,
+        model=peft,
         optimizer=opt,
         scheduler=sched,
         params=[p for p in peft.parameters() if p.requires_grad],

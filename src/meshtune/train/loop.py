@@ -100,7 +100,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
 
     base = resolve(recipe.base_model)
     torch.manual_seed(recipe.seed)
-    peft_model = models.load_model(
+    model = models.load_model(
         recipe,
         base.folder,
         cuda,
@@ -110,8 +110,8 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
         say,
         document=plan.engine == CUDA_ENGINE,
     )
-    engine = Engine.create(plan, peft_model, opts.compile)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    engine = Engine.create(plan, model, opts.compile)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = models.optimizer(recipe, params, cuda, say)
     scheduler = models.scheduler(recipe, optimizer, plan.warmup_steps, plan.total_steps)
     engine.module, optimizer = accelerator.prepare(engine.module, optimizer)
@@ -121,7 +121,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
     accelerator.wait_for_everyone()
     state = TrainState()
     if opts.resume:
-        state = restore_checkpoint(run, peft_model, optimizer, scheduler, say)
+        state = restore_checkpoint(run, model, optimizer, scheduler, say)
     if main:
         write_text(RunDir(run).recipe, dump_recipe(recipe))
     eval_rows = pack(data.eval, recipe.sequence_len, recipe.sample_packing, None, engine.share)
@@ -131,7 +131,7 @@ def train(loaded: LoadedRecipe, opts: Options, log: Any = print) -> TrainSummary
         run=run,
         accelerator=accelerator,
         engine=engine,
-        peft_model=peft_model,
+        model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         params=params,
@@ -159,17 +159,17 @@ class Engine:
     """How micro batches become losses on this machine."""
 
     name: str
-    module: Any  # what accelerate prepares: the PEFT model (CPU) or a PackedCausalLM (CUDA)
+    module: Any  # what accelerate prepares: the model (CPU) or a PackedCausalLM (CUDA)
     budget: int | None  # CUDA: tokens per micro batch
     log_every: int  # steps between reads of the loss
 
     @classmethod
-    def create(cls, plan: Plan, peft_model: Any, compile_layers: bool) -> "Engine":
+    def create(cls, plan: Plan, model: Any, compile_layers: bool) -> "Engine":
         if plan.engine == CPU_ENGINE:
-            return cls(CPU_ENGINE, peft_model, None, 1)
+            return cls(CPU_ENGINE, model, None, 1)
         return cls(
             CUDA_ENGINE,
-            packed_causal_lm(peft_model, compile_layers),
+            packed_causal_lm(model, compile_layers),
             plan.token_budget,
             CUDA_LOG_EVERY,
         )
@@ -198,7 +198,7 @@ class Trainer:
     run: Path
     accelerator: Any
     engine: Engine
-    peft_model: Any
+    model: Any  # what trains: the PEFT model, or the plain model of a full fine-tune
     optimizer: Any
     scheduler: Any
     params: list[Any]
@@ -234,7 +234,7 @@ class Trainer:
             if evaluate:
                 self.evaluate_step(step, progress)
             if save and self.main:
-                save_checkpoint(self.run, self.peft_model, self.optimizer, self.scheduler, state)
+                save_checkpoint(self.run, self.model, self.optimizer, self.scheduler, state)
             if state.stopped_early:
                 break
         self.log_steps(progress)
@@ -312,7 +312,7 @@ class Trainer:
         self.metrics.write({"step": 0, "eval_loss": state.eval_before})
         self.say(f"eval loss before training: {state.eval_before:.4f}")
         if self.main:
-            save_weights(self.peft_model, RunDir(self.run).best, self.tokenizer)
+            save_weights(self.model, RunDir(self.run).best, self.tokenizer)
 
     def evaluate_step(self, step: int, progress: "Progress") -> None:
         state, recipe = self.state, self.recipe
@@ -321,7 +321,7 @@ class Trainer:
         progress.write(f"step {step}: eval loss {loss:.4f} (train {state.train_losses[-1]:.4f})")
         state.record_eval(step, loss)
         if state.best_step == step and self.main:
-            save_weights(self.peft_model, RunDir(self.run).best, self.tokenizer)
+            save_weights(self.model, RunDir(self.run).best, self.tokenizer)
         for warning in state.health(recipe):
             progress.write(f"WARNING: {warning}")
         if recipe.early_stopping_patience and state.bad_evals >= recipe.early_stopping_patience:
@@ -337,14 +337,14 @@ class Trainer:
         recipe, state, run = self.recipe, self.state, RunDir(self.run)
         final_step = state.step
         if recipe.load_best_model_at_end and run.best.is_dir() and state.best_step is not None:
-            load_weights(self.peft_model, run.best)
+            load_weights(self.model, run.best)
             final_step = state.best_step
         eval_after = {0: state.eval_before, **dict(state.evals)}.get(final_step)
         if self.eval_batches and eval_after is None:  # a resumed run that had nothing left
             eval_after = self.eval_loss()
         summary = self.summary(base_folder, eval_after, wall, cuda, precision)
         if self.main:
-            save_weights(self.peft_model, run.adapter, self.tokenizer)
+            save_weights(self.model, run.adapter, self.tokenizer)
             if not self.eval_batches:
                 shutil.rmtree(run.best, ignore_errors=True)
             summary.save(run.summary)

@@ -13,6 +13,7 @@ import torch
 
 from meshtune import chat
 from meshtune.train.attention import document_mask
+from meshtune.train.model import base_model
 from meshtune.train.packing import Batch
 
 
@@ -120,22 +121,17 @@ class LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-def base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper; a full fine-tune's model is not wrapped."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 class PackedCausalLM(torch.nn.Module):
     """The trained model (PEFT, or plain for a full fine-tune) with a forward that takes a
     `DeviceBatch` and returns the summed loss, so that accelerate's wrapper (DDP, autocast)
-    sees the whole computation. `.peft` is what gets saved."""
+    sees the whole computation. `.model` is what gets saved."""
 
-    def __init__(self, peft_model: Any) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.peft = peft_model
+        self.model = model
 
     def forward(self, batch: DeviceBatch) -> Any:
-        model = base_model(self.peft)
+        model = base_model(self.model)
         hidden = model.get_decoder()(
             input_ids=batch.input_ids,
             position_ids=batch.position_ids,
@@ -146,15 +142,15 @@ class PackedCausalLM(torch.nn.Module):
         return LinearCrossEntropy.apply(hidden[batch.keep], weight.to(hidden.dtype), batch.targets)
 
 
-def packed_causal_lm(peft_model: Any, compile_layers: bool = True) -> Any:
+def packed_causal_lm(model: Any, compile_layers: bool = True) -> Any:
     """The CUDA training module: decoder layers compiled (they are all one shape, so one
     compilation serves every layer), hidden states at trained positions only, then the chunked
     loss."""
-    base = base_model(peft_model)
+    base = base_model(model)
     if compile_layers:
         # up to eight padded shapes, each in training and in evaluation (no_grad)
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
         for layer in base.get_decoder().layers:
             layer.compile(dynamic=False)
 
-    return PackedCausalLM(peft_model)
+    return PackedCausalLM(model)

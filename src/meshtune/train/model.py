@@ -118,6 +118,18 @@ def load_model(
     return model.to("cuda") if cuda and "quantization_config" not in kwargs else model
 
 
+def is_adapter(model: Any) -> bool:
+    """Whether the model trains a PEFT adapter (else it is a full fine-tune)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper; a full fine-tune's model is not wrapped."""
+    return model.get_base_model() if is_adapter(model) else model
+
+
 def unfreeze(model: Any, patterns: list[str] | None) -> None:
     """Parameters whose names match a pattern from their start train, the rest are frozen
     (Axolotl's unfrozen_parameters); no patterns: all train."""

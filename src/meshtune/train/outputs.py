@@ -15,6 +15,7 @@ from typing import Any
 from meshtune.errors import MeshtuneError
 from meshtune.files import atomic, atomic_folder, write_text
 from meshtune.rundir import RunDir
+from meshtune.train.model import is_adapter
 from meshtune.train.state import TrainState
 
 
@@ -40,13 +41,6 @@ def prepare_run_dir(run: Path, overwrite: bool, resume: bool) -> None:
     if not resume and run.exists() and any(run.iterdir()):
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
-
-
-def is_adapter(model: Any) -> bool:
-    """Whether the model trains a PEFT adapter (else it is a full fine-tune)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
 
 
 def save_weights(model: Any, folder: Path, tokenizer: Any = None) -> None:
