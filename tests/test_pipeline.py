@@ -1,11 +1,12 @@
 """`meshtune run`: the stages composed in order, stopping where a stage's proof fails."""
 
 import json
+import shutil
 
 import pytest
 from tests.tiny import tiny_recipe
 
-from meshtune import pipeline
+from meshtune import pipeline, suites
 from meshtune.errors import MeshtuneError
 from meshtune.rundir import RunDir
 
@@ -60,3 +61,41 @@ def test_meshtune_run_on_the_embedded_model_trains_exports_proves_and_compares(t
     for report in ("base/report.md", "tuned/report.md", "tuned/replies.jsonl"):
         assert (run / "eval" / report).is_file()
     assert f"tuned {summary['verdict']}" in result.out and "item pass rate" in result.out
+
+
+def test_the_base_evaluation_is_reused_while_nothing_it_depends_on_changes(tmp_path, monkeypatch):
+    """The untuned base model's evaluation (16 of `make run`'s 36 minutes) is the same in every
+    run of a recipe: a second run copies the first one's, byte for byte, and any change to the
+    model, suite, settings or meshtune's code evaluates it anew."""
+    from meshtune.meshmaster import SHIPPED
+
+    monkeypatch.setenv("MESHTUNE_CACHE", str(tmp_path / "cache"))
+    asked = {"backend": "llamacpp", "samples": 1, "bot": SHIPPED, "persona": None}
+    key = pipeline.base_eval_key("smollm2-135m", "quick", asked)
+    logs: list[str] = []
+
+    def base(out: str) -> str | None:
+        return pipeline.evaluate_base(
+            "smollm2-135m", "quick", tmp_path / out, asked, key, logs.append
+        )
+
+    assert base("first") is None and logs == []  # evaluated, then kept
+    reused = base("second")
+    assert reused == str(tmp_path / "cache" / "base-evals" / key)
+    assert "the base model's evaluation is reused from" in logs[0]
+    for name in ("replies.jsonl", "summary.json", "report.md"):
+        assert (tmp_path / "second" / name).read_bytes() == (tmp_path / "first" / name).read_bytes()
+
+    suite = tmp_path / "quick.jsonl"
+    suite.write_text(suites.suite_path("quick")[1].read_text().replace("?", "??", 1))
+    assert pipeline.base_eval_key("smollm2-135m", "quick", asked) == key
+    assert pipeline.base_eval_key("smollm2-135m", str(suite), asked) != key
+    assert pipeline.base_eval_key("smollm2-135m", "quick", {**asked, "samples": 3}) != key
+    assert pipeline.base_eval_key("smollm2-135m", "quick", {**asked, "persona": "x"}) != key
+
+    code = tmp_path / "meshtune"  # the same code elsewhere gives the same key; an edit, another
+    shutil.copytree(pipeline.Path(pipeline.__file__).parent, code)
+    monkeypatch.setattr(pipeline, "__file__", str(code / "pipeline.py"))
+    assert pipeline.base_eval_key("smollm2-135m", "quick", asked) == key
+    (code / "evaluate" / "metrics.py").write_text("# a changed check\n", "utf-8")
+    assert pipeline.base_eval_key("smollm2-135m", "quick", asked) != key

@@ -6,10 +6,13 @@
 Each stage is its own command too; this module only calls them in order and reports.
 """
 
+import hashlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from meshtune.errors import MeshtuneError
 from meshtune.meshmaster import SHIPPED, BotConfig
@@ -79,12 +82,78 @@ def run(
     )
     base = loaded.recipe.base_model
     if gpu or _runs_in_llama_cpp(base):  # the baseline the training must beat
-        evaluate(base, suite, out=out / "base", **asked)
+        key = None if gpu else base_eval_key(base, suite, asked)
+        result.base_reused_from = evaluate_base(base, suite, out / "base", asked, key, log)
         clock.lap("eval_base")
         result.comparison = compare(str(out / "base"), str(out / "tuned"), suite, out=out).to_dict()
     result.seconds = clock.laps
     result.save(RunDir(run_dir).run_record)
     return result
+
+
+def base_eval_key(base: str, suite: str, asked: dict[str, Any]) -> str:
+    """What the base model's llama.cpp evaluation depends on, hashed: the GGUF (and a Modelfile
+    beside it), the suite file, the request settings (samples, the bot's config and knowledge
+    file, persona), the lanes, llama.cpp's version and meshtune's own code. The same key gives
+    the same replies: the lanes decode deterministically."""
+    import llama_cpp
+
+    from meshtune.evaluate.backends import default_threads, resolve_model
+    from meshtune.export.proof import file_digest
+    from meshtune.suites import suite_path
+
+    gguf = resolve_model(base, "llamacpp").gguf
+    assert gguf is not None  # _runs_in_llama_cpp: the embedded model or a .gguf
+    bot = asked["bot"]
+    parts = [
+        file_digest(gguf)[0],
+        _digest(gguf.parent / "Modelfile"),
+        _digest(suite_path(suite)[1]),
+        _digest(bot.knowledge_file),
+        repr((asked["samples"], asked["persona"], bot, default_threads(), llama_cpp.__version__)),
+        *(_digest(f) for f in sorted(Path(__file__).parent.rglob("*")) if _is_source(f)),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def evaluate_base(
+    base: str,
+    suite: str,
+    out: Path,
+    asked: dict[str, Any],
+    key: str | None,
+    log: Callable[[str], None],
+) -> str | None:
+    """Evaluate the base model into `out`, or copy the evaluation a run with the same key
+    made (the base model, suite and settings do not change between runs, and its evaluation
+    is the longest stage on a CPU). Returns the cache folder it came from, if any."""
+    from meshtune.evaluate import evaluate
+    from meshtune.files import atomic_folder
+    from meshtune.models import cache_root
+
+    cached = cache_root() / "base-evals" / key if key else None
+    if cached is not None and (cached / "summary.json").is_file():
+        with atomic_folder(out) as tmp:
+            shutil.copytree(cached, tmp)
+        log(f"   the base model's evaluation is reused from {cached}: same model, suite, "
+            "settings, llama.cpp and meshtune code")  # fmt: skip
+        return str(cached)
+    evaluate(base, suite, out=out, **asked)
+    if cached is not None:
+        with atomic_folder(cached) as tmp:
+            shutil.copytree(out, tmp)
+    return None
+
+
+def _is_source(path: Path) -> bool:
+    return path.is_file() and "__pycache__" not in path.parts
+
+
+def _digest(path: Path | None) -> str:
+    """A file's sha256, or "-" where there is none."""
+    if path is None or not path.is_file():
+        return "-"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class _Clock:

@@ -342,6 +342,7 @@ class PipelineResult(_Record):
     verdict: str
     ready: bool
     comparison: dict[str, Any] | None = None  # base vs tuned, when the base was evaluated
+    base_reused_from: str | None = None  # the cached base evaluation copied, if one was
     seconds: dict[str, float] = field(default_factory=dict)  # each stage's, and the total
 
     TRAIN_KEYS = (
