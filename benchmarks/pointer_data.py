@@ -12,23 +12,31 @@ are kept or dropped; `copies` repeats every other hand-written row (commands, re
 ...) so that bot usage keeps its weight beside the pointer.
 """
 
+import importlib.util
 import json
 import random
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "mesh_conversations.jsonl"
 TECHNICAL = {"radio", "troubleshooting", "roles", "hardware", "channels"}
 CORE = re.compile(
     r"LongFast|AQ==|\bUNSET\b|hop limit|\b3 hops\b|\b8 channels\b|SF11|250 kHz|-17\.5", re.I
 )
-FRAMES = [  # build_core.POINTERS
-    "Ask me with /meshtastic {q} and I'll answer from the reference.",
-    "I'd be guessing from memory. Try /meshtastic {q} and I'll answer from the reference.",
-    "Not something I know by heart. /meshtastic {q} gets you an answer from the reference.",
-    "Write /meshtastic {q} and I'll look it up in the reference.",
-]
+
+
+def _build_core() -> ModuleType:
+    """data/build_core.py (a script, not a package): its pointer frames are the ones taught."""
+    spec = importlib.util.spec_from_file_location("build_core", TRAIN.parent / "build_core.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FRAMES = _build_core().POINTERS
 SHORT = (
     "I'd be guessing from memory. Ask me with /meshtastic and your question, and I'll answer "
     "from the reference."

@@ -77,6 +77,7 @@ def trained_on(run: Path) -> list[str]:
     return [d["path"] for d in yaml.safe_load((run / "recipe.yaml").read_text())["datasets"]]
 
 
+RECIPE_DATA = ["mesh_conversations.jsonl", "mesh_knowledge.jsonl"]  # both recipes' datasets
 QUICK = 'INSTALL = False\nMAX_STEPS = 2\nSUITE = "quick"\nSAMPLES = 1\n'
 
 
@@ -94,9 +95,8 @@ def test_the_colab_notebook_executes_every_cell_on_cpu_with_the_embedded_model(t
 
     assert "base smollm2-135m (CPU), recipe recipes/embedded-cpu.yaml" in printed
     # with no DATA the recipe's own datasets train: the chats and the /meshtastic rows
-    datasets = ["mesh_conversations.jsonl", "mesh_knowledge.jsonl"]
-    assert [Path(p).name for p in trained_on(run)] == datasets
-    for name in datasets:  # each checked: no errors
+    assert [Path(p).name for p in trained_on(run)] == RECIPE_DATA
+    for name in RECIPE_DATA:  # each checked: no errors
         assert re.search(rf"data/{name}: \d+ rows, \d+ valid conversations, 0 errors", printed)
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 2
     assert any("meshtune compare: A smollm2-135m vs B run" in h for h in html)
@@ -117,7 +117,6 @@ def test_the_notebooks_llama_branch_runs_from_a_hugging_face_cache_offline(tmp_p
     llama32_tokenizer_from(resolve("smollm2-135m").folder).save_pretrained(tmp_path / "tok")
     standin.build(tmp_path / "tok", tmp_path / "hub", shape="tiny")
     run = tmp_path / "run"
-    datasets = ["mesh_conversations.jsonl", "mesh_knowledge.jsonl"]  # the recipe's own
     settings = QUICK + (
         f'RUN_DIR = {str(run)!r}\nBASE = "llama-3.2-1b"\nHF_TOKEN = "stand-in"\n'
         'OVERRIDES = ["val_set_size=8"]\nQUANT = "F16"\n'  # a float GGUF: quick to write and prove
@@ -126,7 +125,7 @@ def test_the_notebooks_llama_branch_runs_from_a_hugging_face_cache_offline(tmp_p
     printed, html = execute(tmp_path, settings, env)
 
     assert f"base {standin.REPO_ID} (CPU), recipe recipes/mesh-master-1b-v2.yaml" in printed
-    assert [Path(p).name for p in trained_on(run)] == datasets
+    assert [Path(p).name for p in trained_on(run)] == RECIPE_DATA
     summary = json.loads((run / "train_summary.json").read_text())
     assert (summary["steps"], summary["family"]) == (2, "llama3")
     assert any(f"meshtune compare: A {standin.REPO_ID} vs B run" in h for h in html)

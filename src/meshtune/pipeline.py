@@ -99,14 +99,13 @@ def base_eval_key(base: str, suite: str, asked: dict[str, Any]) -> str:
     import llama_cpp
 
     from meshtune.evaluate.backends import default_threads, resolve_model
-    from meshtune.export.proof import file_digest
     from meshtune.suites import suite_path
 
     gguf = resolve_model(base, "llamacpp").gguf
     assert gguf is not None  # _runs_in_llama_cpp: the embedded model or a .gguf
     bot = asked["bot"]
     parts = [
-        file_digest(gguf)[0],
+        _digest(gguf),
         _digest(gguf.parent / "Modelfile"),
         _digest(suite_path(suite)[1]),
         _digest(bot.knowledge_file),
@@ -150,10 +149,11 @@ def _is_source(path: Path) -> bool:
 
 
 def _digest(path: Path | None) -> str:
-    """A file's sha256, or "-" where there is none."""
-    if path is None or not path.is_file():
-        return "-"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A file's sha256 (export's, read in blocks: a GGUF can be gigabytes), or "-" where there
+    is none."""
+    from meshtune.export.proof import file_digest
+
+    return file_digest(path)[0] if path is not None and path.is_file() else "-"
 
 
 class _Clock:
