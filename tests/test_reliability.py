@@ -322,10 +322,15 @@ def test_deploy_edits_the_target_of_a_symlinked_config(proved, config, cli, monk
     assert json.loads(config.read_text())["ollama_model"] == "mesh-bot"
 
 
+# Found once, before a test narrows PATH: a `chattr -i` that cannot be found leaves a file no
+# one can delete, and pytest then keeps every later run's gigabytes as undeletable garbage.
+CHATTR = shutil.which("chattr")
+
+
 def _chattr(flag: str, path: Path) -> bool:
-    if not shutil.which("chattr"):
+    if CHATTR is None:
         return False
-    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    return subprocess.run([CHATTR, flag, str(path)], capture_output=True).returncode == 0
 
 
 def test_deploy_to_an_immutable_config_changes_nothing_and_leaves_no_temp_file(
@@ -343,7 +348,7 @@ def test_deploy_to_an_immutable_config_changes_nothing_and_leaves_no_temp_file(
         assert sorted(p.name for p in config.parent.iterdir()) == ["config.json"]
         assert not log.exists()  # checked before `ollama create` ran
     finally:
-        _chattr("-i", config)
+        assert _chattr("-i", config), f"could not clear the immutable flag of {config}"
 
 
 # ---------------------------------------------------------------------------------------------
