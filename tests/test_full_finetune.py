@@ -74,6 +74,36 @@ def test_plan_says_full_fine_tune_and_counts_the_trainable_parameters(cli, tmp_p
     )
 
 
+# Llama-3.2-1B's shape (1.24B parameters, as the guide's recipe trains it) and a 24 GB card
+LLAMA_32_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16}
+CARD_24GB = 23 * 10**9
+
+
+def test_a_full_fine_tune_sizes_micro_batches_after_its_weights_gradients_and_adamw_state(
+    tmp_path, tiny_llama
+):
+    from meshtune.train.plan import full_fine_tune_bytes, token_budget, trainable_parameters
+
+    # float32 weights and autocast's 16-bit copies: 6 bytes a parameter; a float32 gradient and
+    # AdamW's two moments: 12 more for each one that trains
+    every = load_recipe(tiny_recipe(tmp_path, tiny_llama, adapter=None)).recipe
+    trained, total = trainable_parameters(every)
+    assert trained == total and full_fine_tune_bytes(every) == 18 * total
+    one_layer = tiny_recipe(
+        tmp_path, tiny_llama, adapter=None, unfrozen_parameters=["model.layers.0."]
+    )
+    trained, _ = trainable_parameters(load_recipe(one_layer).recipe)
+    assert 0 < trained < total
+    assert full_fine_tune_bytes(load_recipe(one_layer).recipe) == 6 * total + 12 * trained
+
+    lora = token_budget(LLAMA_32_1B, 2048, CARD_24GB)
+    half_billion = token_budget(LLAMA_32_1B, 2048, CARD_24GB, held_bytes=18 * 500_000_000)
+    assert (lora, half_billion) == (7168, 4096)  # activations fit in what the state leaves
+    # the whole 1B model: 22.2 GB of state leaves no room for a row of 2048 tokens (3.2 GB)
+    with pytest.raises(MeshtuneError, match=r"holds about 22.2 GB .* row of 2048 tokens about 3.2"):
+        token_budget(LLAMA_32_1B, 2048, CARD_24GB, held_bytes=18 * 1_235_814_400)
+
+
 # ---------------------------------------------------------------- training
 
 

@@ -158,15 +158,23 @@ def _linear_names(model: Any) -> list[str]:
     )
 
 
+EIGHT_BIT_ADAMW = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")
+
+
+def eight_bit_adamw(recipe: Recipe, cuda: bool) -> bool:
+    """Whether the optimizer keeps 8-bit state: bitsandbytes' AdamW, which runs on CUDA only."""
+    return recipe.optimizer in EIGHT_BIT_ADAMW and cuda and has("bitsandbytes")
+
+
 def optimizer(recipe: Recipe, params: list[Any], cuda: bool, say: Any) -> Any:
     import torch
 
     groups = decay_groups(params, recipe.weight_decay)
-    if recipe.optimizer in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
-        if cuda and has("bitsandbytes"):
-            import bitsandbytes as bnb
+    if eight_bit_adamw(recipe, cuda):
+        import bitsandbytes as bnb
 
-            return bnb.optim.AdamW8bit(groups, lr=recipe.learning_rate)
+        return bnb.optim.AdamW8bit(groups, lr=recipe.learning_rate)
+    if recipe.optimizer in EIGHT_BIT_ADAMW:
         say(
             f"note: {recipe.optimizer} needs bitsandbytes on CUDA; using AdamW (32-bit "
             "optimizer state)"

@@ -180,7 +180,8 @@ def plan_examples(
     budget = None
     if engine == CUDA_ENGINE and not data.estimate:
         config = json.loads((resolve(recipe.base_model).folder / "config.json").read_text())
-        budget = token_budget(config, recipe.sequence_len)
+        held = full_fine_tune_bytes(recipe) if recipe.full_fine_tune else 0
+        budget = token_budget(config, recipe.sequence_len, held_bytes=held)
     return Plan(
         base_model=recipe.base_model,
         tokenizer_from=data.tokenizer_from,
@@ -295,18 +296,44 @@ def _warnings(
     return warnings
 
 
-def token_budget(config: dict[str, Any], sequence_len: int, free_bytes: int | None = None) -> int:
-    """Tokens per CUDA micro batch: the activations LoRA training keeps (about the inputs of
-    every projection, in 16-bit) fitted into half the free GPU memory, between one row
-    (`sequence_len`) and 64k tokens, in multiples of 1024."""
+def token_budget(
+    config: dict[str, Any],
+    sequence_len: int,
+    free_bytes: int | None = None,
+    held_bytes: int = 0,
+) -> int:
+    """Tokens per CUDA micro batch: the activations training keeps (about the inputs of every
+    projection, in 16-bit) fitted into half the GPU memory that is free once `held_bytes` (a
+    full fine-tune's weights, gradients and optimizer state) are set aside, between one row
+    (`sequence_len`) and 64k tokens, in multiples of 1024. A full fine-tune that cannot hold
+    even one row is refused here, before the model loads, not by an out-of-memory error."""
     import torch
 
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info()[0]
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     per_token = config["num_hidden_layers"] * (8 * hidden + 4 * inter) * 2
-    fits = int(free_bytes * 0.5 / per_token) // 1024 * 1024
+    left = free_bytes - held_bytes
+    if held_bytes and left < per_token * sequence_len:
+        raise MeshtuneError(
+            f"a full fine-tune holds about {held_bytes / 1e9:.1f} GB on the GPU (float32 "
+            f"weights, gradients and optimizer state) and a row of {sequence_len} tokens about "
+            f"{per_token * sequence_len / 1e9:.1f} GB more, but {free_bytes / 1e9:.1f} GB are "
+            "free: train an adapter (adapter: lora), use optimizer: adamw_8bit with "
+            "bitsandbytes, or lower sequence_len"
+        )
+    fits = int(left * 0.5 / per_token) // 1024 * 1024
     return max(sequence_len, min(65536, fits))
+
+
+def full_fine_tune_bytes(recipe: Recipe) -> int:
+    """What a full fine-tune on CUDA holds before any activation: float32 weights and autocast's
+    16-bit copies of them (6 bytes a parameter), and for each trained parameter a float32
+    gradient and AdamW's two moments (12 bytes; 6 with bitsandbytes' 8-bit AdamW)."""
+    from meshtune.train.model import eight_bit_adamw
+
+    trained, total = trainable_parameters(recipe)
+    return 6 * total + (6 if eight_bit_adamw(recipe, cuda=True) else 12) * trained
 
 
 def _plan_tokenizer(recipe: Recipe, notes: list[str]) -> tuple[Any, str, bool]:
